@@ -1,0 +1,1 @@
+"""HLS data: granules, Fmask, chips, Zarr store, streaming loader, downstream datasets."""

@@ -1,0 +1,19 @@
+"""Exceptions raised by geofm. Messages name the file, what was expected and what was found."""
+
+from __future__ import annotations
+
+
+class GeofmError(Exception):
+    """Base class of every error geofm raises on purpose."""
+
+
+class DataError(GeofmError, ValueError):
+    """Input data is not what was expected (bands, dtype, CRS, shape, values)."""
+
+
+class CheckpointError(GeofmError, ValueError):
+    """A checkpoint cannot be read or does not fit the model."""
+
+
+class ConfigError(GeofmError, ValueError):
+    """A configuration value is unknown, of the wrong type, or inconsistent."""

@@ -1,0 +1,1 @@
+"""Whole-scene windowed inference to georeferenced GeoTIFF."""

@@ -1,0 +1,1 @@
+"""Prithvi ViT masked autoencoders: presets, checkpoints, necks and heads."""

@@ -1,0 +1,1 @@
+"""LightningModules: MAE pretraining, segmentation, imputation."""

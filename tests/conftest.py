@@ -1,0 +1,29 @@
+"""Shared test fixtures. Tests run on CPU, offline, seeded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Keep CPU tests on a fixed, small thread count so timings and results are stable.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """Bundled, permissively licensed sample data (``data/sample``)."""
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; tests that need it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent (fresh clone): skipping a test on shared sample files")
+    return SHARED_DATA
