@@ -1,43 +1,8 @@
-"""Band names, sensor mappings and normalization statistics of the Prithvi models.
+"""Re-export of :mod:`geofm.bands` (band names, sensor mappings, normalization statistics).
 
-Reflectance is stored as int16 scaled by 10000 (HLS v2.0), nodata -9999.
+The constants live in the top-level :mod:`geofm.bands` so that models can use them without
+importing the data package.
 """
 
-from __future__ import annotations
-
-#: The six bands the Prithvi models take, in model order.
-MODEL_BANDS: tuple[str, ...] = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
-
-#: HLS v2.0 band file suffixes for each model band.
-L30_BANDS: dict[str, str] = {
-    "BLUE": "B02", "GREEN": "B03", "RED": "B04", "NIR_NARROW": "B05", "SWIR_1": "B06", "SWIR_2": "B07",
-}
-S30_BANDS: dict[str, str] = {
-    "BLUE": "B02", "GREEN": "B03", "RED": "B04", "NIR_NARROW": "B8A", "SWIR_1": "B11", "SWIR_2": "B12",
-}
-
-HLS_NODATA: int = -9999
-#: Value that nodata pixels take after normalization in the reference pipeline.
-NORMALIZED_NODATA: float = 0.0001
-REFLECTANCE_SCALE: float = 10000.0
-
-#: Per-band mean / std (reflectance x10000) used by the released checkpoints.
-NORM_STATS: dict[str, dict[str, tuple[float, ...]]] = {
-    "v1": {
-        "mean": (775.229, 1080.993, 1228.586, 2497.202, 2204.214, 1610.832),
-        "std": (1281.526, 1270.030, 1399.480, 1368.345, 1291.676, 1154.506),
-    },
-    "v2": {
-        "mean": (1087.0, 1342.0, 1433.0, 2734.0, 1958.0, 1363.0),
-        "std": (2248.0, 2179.0, 2178.0, 1850.0, 1242.0, 1049.0),
-    },
-}
-
-
-def norm_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Return ``(mean, std)`` of the named statistics set (``"v1"`` or ``"v2"``)."""
-    try:
-        stats = NORM_STATS[name]
-    except KeyError:
-        raise KeyError(f"unknown normalization statistics {name!r}; expected one of {sorted(NORM_STATS)}") from None
-    return stats["mean"], stats["std"]
+from geofm.bands import *  # noqa: F401,F403
+from geofm.bands import __all__  # noqa: F401

@@ -1,0 +1,304 @@
+"""Read and write Prithvi checkpoints in every released layout, with no conversion scripts.
+
+Accepted sources:
+
+* ``.pt`` / ``.pth`` / ``.ckpt`` files, always loaded with ``torch.load(weights_only=True)``
+  (a pickle carrying code is refused): the v1 flat layout (``Prithvi_100M.pt``: ``cls_token``,
+  ``blocks.N.*``, ``decoder_blocks.N.*`` ...), the EO-2.0 ``encoder.``/``decoder.`` layout,
+  ``{"model": state_dict}`` wrappers and Lightning checkpoints (``state_dict`` +
+  ``hyper_parameters``) of our own tasks, whatever module prefix they use;
+* ``.safetensors`` files;
+* a local Hugging Face model folder (``config.json`` + weights), a cache entry
+  (``models--org--name``) or a repo id ``org/name`` resolved from the local cache only.
+
+geofm's own layout is the EO-2.0 one: ``encoder.*`` and ``decoder.*``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geofm.bands import stats_for
+from geofm.errors import CheckpointError
+from geofm.io import atomic_path
+from geofm.models.mae import PrithviConfig, PrithviMAE
+from geofm.models.vit import interpolate_pos_embed
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+_V1_DECODER_ROOTS = ("mask_token", "decoder_embed", "decoder_pos_embed", "decoder_blocks", "decoder_norm",
+                     "decoder_pred")
+_MARKERS = ("encoder.patch_embed.proj.weight", "patch_embed.proj.weight")
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None
+    source: str
+
+
+# --------------------------------------------------------------------------- locating files
+def resolve_path(source: str | os.PathLike) -> Path:
+    """Path of the weight file behind ``source`` (file, HF folder, HF cache entry or cached repo id)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if (path / "snapshots").is_dir():  # a cache entry models--org--name
+            return resolve_path(_snapshot_of_cache_entry(path))
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        found = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+        if not found:
+            raise CheckpointError(f"no weights in folder '{path}': expected model.safetensors or a "
+                                  f"{'/'.join(WEIGHT_SUFFIXES)} file")
+        if len(found) > 1:
+            log.warning("several weight files in %s, using %s", path, found[0].name)
+        return found[0]
+    text = str(source)
+    if re.fullmatch(r"(hf://)?[\w.-]+/[\w.-]+", text) and not path.exists():
+        return resolve_path(_snapshot_from_cache(text.removeprefix("hf://")))
+    raise CheckpointError(f"checkpoint '{source}' not found: expected a file, a model folder, or a "
+                          "Hugging Face repo id present in the local cache")
+
+
+def _snapshot_of_cache_entry(entry: Path) -> Path:
+    ref = entry / "refs" / "main"
+    if ref.is_file():
+        snap = entry / "snapshots" / ref.read_text().strip()
+        if snap.is_dir():
+            return snap
+    snaps = sorted((entry / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime)
+    if not snaps:
+        raise CheckpointError(f"Hugging Face cache entry '{entry}' has no snapshot")
+    return snaps[-1]
+
+
+def _snapshot_from_cache(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:  # huggingface_hub raises several types for "not cached"
+        raise CheckpointError(
+            f"'{repo_id}' is not in the local Hugging Face cache and geofm does not download at load time; "
+            f"run `huggingface-cli download {repo_id}` first ({type(e).__name__})") from e
+
+
+# --------------------------------------------------------------------------- reading
+def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
+    """Load weights (and configuration, when the source carries one) from any supported layout."""
+    path = resolve_path(source)
+    config = None
+    cfg_file = path.parent / "config.json"
+    if cfg_file.is_file():
+        config = config_from_json(json.loads(cfg_file.read_text()))
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            raw: Any = load_file(str(path), device="cpu")
+        except Exception as e:
+            raise CheckpointError(f"cannot read safetensors file '{path}': {e}") from e
+    else:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+            raise CheckpointError(f"cannot read checkpoint '{path}': not a PyTorch (zip or pickle) file")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"refusing to load '{path}': it is not a plain tensor checkpoint (weights_only=True rejected it: "
+                f"{str(e).splitlines()[0]})") from e
+        except (RuntimeError, EOFError, OSError) as e:
+            raise CheckpointError(f"cannot read checkpoint '{path}': {e}") from e
+    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        hp = raw.get("hyper_parameters") or {}
+        if config is None and isinstance(hp, dict) and isinstance(hp.get("model_config"), dict):
+            config = dict(hp["model_config"])
+        raw = raw["state_dict"]
+    elif isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+        raw = raw["model"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"'{path}' does not hold a state dict of tensors")
+    return Checkpoint(adapt_state_dict(raw, str(path)), config, str(path))
+
+
+def config_from_json(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Model options from a ``config.json``: ours, the EO-2.0 (``pretrained_cfg``) or v1 (``model_args``) one."""
+    inner = cfg.get("pretrained_cfg") or cfg.get("model_args") or cfg
+    fields = set(PrithviConfig.__dataclass_fields__)
+    out = {k: v for k, v in inner.items() if k in fields}
+    if "tubelet_size" in inner and isinstance(out.get("patch_size"), int):
+        out["patch_size"] = (int(inner["tubelet_size"]), out["patch_size"], out["patch_size"])
+    return out
+
+
+def adapt_state_dict(sd: dict[str, torch.Tensor], source: str = "<state dict>") -> dict[str, torch.Tensor]:
+    """Map any known key layout onto geofm's (``encoder.*``, ``decoder.*``).
+
+    A wrapper prefix (``model.``, ``module.``, ``_orig_mod.``, a Lightning attribute ...) is found
+    from the patch-embedding key and stripped; keys outside it are dropped.
+    """
+    prefix = None
+    for key in sd:
+        for marker in _MARKERS:
+            if key.endswith(marker):
+                cand = key[: -len(marker)]
+                if prefix is None or len(cand) < len(prefix):
+                    prefix = cand
+    if prefix is None:
+        raise CheckpointError(f"'{source}' is not a Prithvi checkpoint: no patch_embed.proj.weight key "
+                              f"(first keys: {list(sd)[:5]})")
+    out: dict[str, torch.Tensor] = {}
+    dropped = 0
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            dropped += 1
+            continue
+        k = key[len(prefix):].replace("_orig_mod.", "")
+        if not (k.startswith("encoder.") or k.startswith("decoder.")):  # v1 flat layout
+            root = k.split(".")[0]
+            k = ("decoder." if root in _V1_DECODER_ROOTS else "encoder.") + k
+        out[k] = value
+    if dropped:
+        log.debug("ignored %d keys outside prefix %r in %s", dropped, prefix, source)
+    return out
+
+
+# --------------------------------------------------------------------------- loading into a model
+def load_into(model: PrithviMAE, state_dict: dict[str, torch.Tensor], *, strict: bool = True,
+              encoder_only: bool = False, source: str = "<state dict>") -> None:
+    """Load an adapted state dict into ``model``.
+
+    Position embeddings of another grid are interpolated. With ``strict`` any missing or
+    unexpected key or any shape mismatch raises :class:`CheckpointError` listing them all;
+    ``encoder_only`` allows a missing (or ignores a present) decoder.
+    """
+    own = model.state_dict()
+    sd = dict(state_dict)
+    if encoder_only:
+        sd = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
+    for key, grid_of in (("encoder.pos_embed", model.encoder.grid_size),
+                         ("decoder.decoder_pos_embed", model.decoder.grid_size)):
+        if key in sd and key in own and sd[key].shape != own[key].shape:
+            src = _guess_grid(sd[key].shape[1] - 1, grid_of, model.config.patch_size)
+            if src is None or sd[key].shape[-1] != own[key].shape[-1]:
+                continue  # reported as a shape mismatch below
+            log.info("interpolating %s from grid %s to %s", key, src, grid_of)
+            sd[key] = interpolate_pos_embed(sd[key], src, grid_of)
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    missing = [k for k in own if k not in sd and not (encoder_only and k.startswith("decoder."))]
+    unexpected = [k for k in sd if k not in own]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatches:\n  " + "\n  ".join(mismatched))
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+    if problems and (strict or mismatched):
+        hint = " (pass encoder_only=True to load an encoder-only checkpoint)" if any(
+            k.startswith("decoder.") for k in missing) else ""
+        raise CheckpointError(f"checkpoint '{source}' does not fit the model{hint}:\n" + "\n".join(problems))
+    for p in problems:
+        log.warning("loading %s: %s", source, p)
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+
+def _short(keys: list[str], n: int = 12) -> str:
+    """Key list grouped by module: ``decoder.decoder_blocks.* (24), decoder.mask_token``."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        parts = k.split(".")
+        groups.setdefault(".".join(parts[:2]) if len(parts) > 2 else k, []).append(k)
+    items = [g if len(ks) == 1 and ks[0] == g else (ks[0] if len(ks) == 1 else f"{g}.* ({len(ks)})")
+             for g, ks in groups.items()]
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} groups)" if len(items) > n else "")
+
+
+def _guess_grid(n_tokens: int, model_grid: tuple[int, int, int], patch: tuple[int, int, int]) -> tuple | None:
+    """Token grid (t, h, w) of a square checkpoint embedding with ``n_tokens`` patch tokens."""
+    for t in [model_grid[0]] + [t for t in range(1, 17) if t != model_grid[0]]:
+        if n_tokens % t:
+            continue
+        side = round((n_tokens // t) ** 0.5)
+        if side * side * t == n_tokens:
+            return (t, side, side)
+    return None
+
+
+def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Model options read off the tensor shapes of an adapted state dict.
+
+    Head counts are not stored in weights: they come from the preset with the same width
+    and depth when one exists, else 64 (encoder) and 32 (decoder) dims per head.
+    """
+    from geofm.models.presets import PRESETS
+
+    w = state_dict["encoder.patch_embed.proj.weight"]  # (D, C, u, p, q)
+    d, c, u, p, _ = w.shape
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("encoder.blocks.")})
+    cfg: dict[str, Any] = {"embed_dim": d, "in_chans": c, "patch_size": (u, p, p), "depth": depth,
+                           "mlp_ratio": state_dict["encoder.blocks.0.mlp.fc1.weight"].shape[0] / d}
+    n_tokens = state_dict["encoder.pos_embed"].shape[1] - 1
+    match = [dict(v) for v in PRESETS.values() if v["embed_dim"] == d and v["depth"] == depth]
+    preset = match[0] if match else {}
+    cfg["num_heads"] = preset.get("num_heads", max(1, d // 64))
+    grid = _guess_grid(n_tokens, (preset.get("num_frames", 1) // u or 1, 0, 0), (u, p, p))
+    if grid is None:
+        raise CheckpointError(f"cannot infer the token grid from {n_tokens} position-embedding tokens")
+    cfg["num_frames"], cfg["img_size"] = grid[0] * u, grid[1] * p
+    if "decoder.decoder_embed.weight" in state_dict:
+        dd = state_dict["decoder.decoder_embed.weight"].shape[0]
+        cfg["decoder_embed_dim"] = dd
+        cfg["decoder_depth"] = len({k.split(".")[2] for k in state_dict if k.startswith("decoder.decoder_blocks.")})
+        cfg["decoder_num_heads"] = preset.get("decoder_num_heads", max(1, dd // 32))
+    coords = [n for n, key in (("time", "encoder.temporal_embed_enc.scale"),
+                               ("location", "encoder.location_embed_enc.scale")) if key in state_dict]
+    if coords:
+        cfg["coords_encoding"] = tuple(coords)
+        cfg["coords_scale_learn"] = True
+    for key in ("norm_stats",):
+        if key in preset:
+            cfg[key] = preset[key]
+    return cfg
+
+
+# --------------------------------------------------------------------------- writing
+def save_pretrained(model: PrithviMAE, out_dir: str | os.PathLike, *, name: str | None = None,
+                    encoder_only: bool = False) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (Hugging Face layout) into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+          if not (encoder_only and k.startswith("decoder."))}
+    cfg = model.config.to_dict()
+    cfg.pop("extra", None)
+    mean, std = stats_for(cfg["norm_stats"], cfg["in_chans"])
+    config = {"model_type": "prithvi_mae", "architecture": name or "prithvi_mae", "library": "geofm",
+              "encoder_only": encoder_only, "num_features": cfg["embed_dim"],
+              "pretrained_cfg": dict(cfg, mean=mean, std=std)}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    return out
