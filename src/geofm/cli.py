@@ -15,6 +15,7 @@ import sys
 # name -> (module with add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("geofm.models.convert_cli", "export a checkpoint to safetensors + config.json"),
+    "demo": ("geofm.demo", "run the end-to-end demo on the bundled sample data"),
 }
 
 
