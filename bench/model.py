@@ -108,6 +108,7 @@ def worker(impl: str, what: str, dtype: str, steps: int, threads: int) -> dict:
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = model(x)[0]
+                loss = loss["loss"] if isinstance(loss, dict) else loss  # TerraTorch returns {"loss": ...}
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
