@@ -1,0 +1,444 @@
+"""Ingest: HLS scenes -> T-frame time series -> filtered chips in a Zarr chip store.
+
+Plan: inputs are grouped into frames (HLS granules, or stacked GeoTIFFs), frames by tile,
+sorted by date and cut into disjoint series of ``frames`` consecutive acquisitions. Each
+series is cut into a grid of ``chip_size`` chips (partial chips at the right/bottom edges
+are dropped). One task = one row of chips of one series: it reads that strip of every
+frame once, computes the chips' metadata, keeps those within the cloud/nodata thresholds,
+writes them as one shard and then its metadata part. Tasks run on Dask.
+
+Resume: a task is done exactly when its metadata part exists. A rerun with the same plan
+skips done tasks; a finished store (``metadata.parquet`` present) is left untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geofm.bands import HLS_NODATA, MODEL_BANDS
+from geofm.data import hls, store
+from geofm.errors import DataError
+
+log = logging.getLogger(__name__)
+STORE_VERSION = 1
+
+
+@dataclass
+class IngestConfig:
+    chip_size: int = 224
+    frames: int = 3
+    max_cloud: float = 0.05
+    max_nodata: float = 0.0
+    cloud_bits: tuple[str, ...] = hls.DEFAULT_CLOUD_BITS
+    landcover: str | None = None
+    stacked_bands: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    stacked_fmask_band: int | None = None
+    fmask_kind: str = "hls"  # "hls" bits or "cfmask" classes (Landsat stacks)
+
+
+# --------------------------------------------------------------------------- planning
+def expand_inputs(inputs: Sequence[str]) -> list[str]:
+    """Files of ``inputs``: folders are searched (recursively) for .tif/.tiff/.gtif; URLs pass through."""
+    out: list[str] = []
+    for item in inputs:
+        if "://" in item:
+            if item.rstrip("/").endswith((".tif", ".tiff", ".gtif")):
+                out.append(item)
+            else:
+                import fsspec
+
+                fs, root = fsspec.core.url_to_fs(item)
+                proto = item.split("://", 1)[0]
+                out += [f"{proto}://{p}" for p in sorted(fs.find(root)) if p.endswith((".tif", ".tiff", ".gtif"))]
+            continue
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix in (".tif", ".tiff", ".gtif") and f.is_file())
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise DataError(f"input '{item}' does not exist")
+    return out
+
+
+_LANDSAT_ID = re.compile(r"L[CETMO]\d(?P<path>\d{3})(?P<row>\d{3})(?P<year>\d{4})(?P<doy>\d{3})")
+_DATE_PATTERNS = [re.compile(r"(?P<year>(19|20)\d{2})-(?P<month>\d{2})-(?P<day>\d{2})"),
+                  re.compile(r"(?<!\d)(?P<year>(19|20)\d{2})(?P<month>[01]\d)(?P<day>[0-3]\d)(?!\d)")]
+
+
+def date_from_name(name: str) -> dt.datetime | None:
+    """Acquisition date from a file name: Landsat scene ID, YYYY-MM-DD or YYYYMMDD."""
+    m = _LANDSAT_ID.search(name)
+    if m:
+        return dt.datetime.strptime(m["year"] + m["doy"], "%Y%j")
+    for pat in _DATE_PATTERNS:
+        m = pat.search(name)
+        if m:
+            try:
+                return dt.datetime(int(m["year"]), int(m["month"]), int(m["day"]))
+            except ValueError:
+                continue
+    return None
+
+
+def discover_frames(files: Sequence[str], cfg: IngestConfig) -> tuple[list[hls.Frame], list[tuple[str, str]]]:
+    """HLS granules (by name) and stacked GeoTIFFs (everything else) as frames, plus skipped inputs."""
+    hls_files = [f for f in files if hls.GRANULE_RE.search(f.rsplit("/", 1)[-1])]
+    frames, skipped = hls.group_granules(hls_files)
+    for f in files:
+        if f in hls_files:
+            continue
+        name = f.rsplit("/", 1)[-1]
+        when = date_from_name(name)
+        if when is None:
+            skipped.append((f, "no acquisition date in the file name (expected a Landsat ID, YYYY-MM-DD or YYYYMMDD)"))
+            continue
+        m = _LANDSAT_ID.search(name)
+        tile = f"p{m['path']}r{m['row']}" if m else None
+        frames.append(hls.stacked_frame(f, cfg.stacked_bands, cfg.stacked_fmask_band, datetime=when, tile=tile))
+    return frames, skipped
+
+
+def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, list[tuple[str, str]]]:
+    """Build the ingest plan: series of frames and one task per chip row. Returns (plan, skipped)."""
+    skipped: list[tuple[str, str]] = []
+    by_tile: dict[str, list[hls.Frame]] = {}
+    for f in frames:
+        key = f.tile
+        if key is None:  # stacked file without tile: group by grid
+            g = hls.frame_grid(f)
+            key = f"grid{abs(hash((g.crs, g.transform, g.width, g.height))) % 10**8:08d}"
+            f.tile = key
+        by_tile.setdefault(key, []).append(f)
+    series = []
+    for tile, fs in sorted(by_tile.items()):
+        fs = sorted(fs, key=lambda f: f.datetime)
+        n = len(fs) // cfg.frames
+        if n == 0:
+            skipped.append((tile, f"only {len(fs)} acquisition(s), need {cfg.frames} per series"))
+        for k in range(n):
+            group = fs[k * cfg.frames:(k + 1) * cfg.frames]
+            try:
+                grid = hls.check_same_grid(group)
+            except DataError as e:
+                skipped.append((f"{tile} series {k}", str(e)))
+                log.warning("skipping series %d of tile %s: %s", k, tile, e)
+                continue
+            rows, cols = grid.height // cfg.chip_size, grid.width // cfg.chip_size
+            if rows == 0 or cols == 0:
+                skipped.append((f"{tile} series {k}", f"scene {grid.width}x{grid.height} smaller than a chip"))
+                continue
+            series.append({"tile": tile, "frames": [_frame_to_json(f) for f in group], "crs": grid.crs,
+                           "transform": list(grid.transform), "width": grid.width, "height": grid.height,
+                           "rows": rows, "cols": cols})
+    if not series:
+        raise DataError("nothing to ingest: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
+    shard = max(s["cols"] for s in series)
+    tasks = [{"series": i, "row": r} for i, s in enumerate(series) for r in range(s["rows"])]
+    plan = {"version": STORE_VERSION, "config": _cfg_to_json(cfg), "series": series, "tasks": tasks,
+            "shard": shard, "bands": list(MODEL_BANDS)}
+    return plan, skipped
+
+
+def _frame_to_json(f: hls.Frame) -> dict:
+    return {"sources": [list(s) for s in f.sources], "fmask": list(f.fmask) if f.fmask else None,
+            "datetime": f.datetime.isoformat() if f.datetime else None, "tile": f.tile, "product": f.product,
+            "granule_id": f.granule_id, "nodata": f.nodata}
+
+
+def _frame_from_json(d: dict) -> hls.Frame:
+    return hls.Frame(sources=[(p, int(b)) for p, b in d["sources"]],
+                     fmask=(d["fmask"][0], int(d["fmask"][1])) if d["fmask"] else None,
+                     datetime=dt.datetime.fromisoformat(d["datetime"]) if d["datetime"] else None,
+                     tile=d["tile"], product=d["product"], granule_id=d["granule_id"], nodata=d["nodata"])
+
+
+def _cfg_to_json(cfg: IngestConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------- one task
+def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: int) -> dict:
+    """Read one chip row of one series, filter its chips, write its shard and metadata part."""
+    import pyarrow as pa
+    from rasterio.windows import Window
+
+    t0 = time.perf_counter()
+    loc = store.Location(store_url, storage_options)
+    cfg = plan["config"]
+    task = plan["tasks"][task_id]
+    s = plan["series"][task["series"]]
+    size, row, cols, shard = cfg["chip_size"], task["row"], s["cols"], plan["shard"]
+    frames = [_frame_from_json(f) for f in s["frames"]]
+    window = Window(0, row * size, cols * size, size)
+    strips, fmasks = [], []
+    datasets: dict = {}
+    try:
+        for f in frames:
+            data, fmask = hls.read_frame_window(f, window, datasets)
+            strips.append(data)
+            if fmask is not None and cfg["fmask_kind"] == "cfmask":
+                fmask = hls.cfmask_to_hls_fmask(fmask)
+            fmasks.append(fmask)
+    finally:
+        for d in datasets.values():
+            d.close()
+    strip = np.stack(strips)  # (T, C, size, cols*size) int16
+    nodata = (strip == HLS_NODATA).any(axis=1)  # (T, size, W)
+    cloud = np.zeros_like(nodata)
+    for t, fm in enumerate(fmasks):
+        if fm is not None:
+            nodata[t] |= fm == hls.FMASK_FILL
+            cloud[t] = hls.cloud_mask(fm, cfg["cloud_bits"])
+    landcover = _landcover_strip(cfg["landcover"], s, window) if cfg["landcover"] else None
+    a, b, c, d, e, f = s["transform"]
+    centres_x = [c + a * (col * size + size / 2) + b * (row * size + size / 2) for col in range(cols)]
+    centres_y = [f + d * (col * size + size / 2) + e * (row * size + size / 2) for col in range(cols)]
+    lons, lats = _to_lonlat(s["crs"], centres_x, centres_y)
+    dates = [fr.datetime for fr in frames]
+    chips = np.full((shard, *strip.shape[:2], size, size), HLS_NODATA, dtype=np.int16)
+    rows_meta: dict[str, list] = {k: [] for k in (
+        "slot", "tile", "series", "chip_row", "chip_col", "crs", "transform", "dates", "year", "doy", "lat", "lon",
+        "cloud_frac", "nodata_frac", "band_mean", "band_std", "landcover", "granules")}
+    rejected = {"cloud": 0, "nodata": 0}
+    for col in range(cols):
+        sl = slice(col * size, (col + 1) * size)
+        nd, cl = nodata[:, :, sl], cloud[:, :, sl]
+        nodata_frac = float(nd.mean())
+        cloud_frac = float((cl & ~nd).mean())
+        if nodata_frac > cfg["max_nodata"]:
+            rejected["nodata"] += 1
+            continue
+        if cloud_frac > cfg["max_cloud"]:
+            rejected["cloud"] += 1
+            continue
+        chip = strip[:, :, :, sl]
+        chips[col] = chip
+        valid = ~nd  # (T, H, W)
+        vals = chip.transpose(1, 0, 2, 3)[:, valid].astype(np.float64)  # (C, n_valid)
+        mean = vals.mean(axis=1) if vals.shape[1] else np.full(len(chip[0]), np.nan)
+        std = vals.std(axis=1) if vals.shape[1] else np.full(len(chip[0]), np.nan)
+        rows_meta["slot"].append(task_id * shard + col)
+        rows_meta["tile"].append(s["tile"])
+        rows_meta["series"].append(task["series"])
+        rows_meta["chip_row"].append(row)
+        rows_meta["chip_col"].append(col)
+        rows_meta["crs"].append(s["crs"])
+        rows_meta["transform"].append([a, b, c + a * col * size + b * row * size, d, e,
+                                       f + d * col * size + e * row * size])
+        rows_meta["dates"].append([x.strftime("%Y-%m-%d") for x in dates])
+        rows_meta["year"].append([x.year for x in dates])
+        rows_meta["doy"].append([x.timetuple().tm_yday for x in dates])
+        rows_meta["lat"].append(lats[col])
+        rows_meta["lon"].append(lons[col])
+        rows_meta["cloud_frac"].append(cloud_frac)
+        rows_meta["nodata_frac"].append(nodata_frac)
+        rows_meta["band_mean"].append(mean.tolist())
+        rows_meta["band_std"].append(std.tolist())
+        rows_meta["landcover"].append(_majority(landcover[:, sl]) if landcover is not None else -1)
+        rows_meta["granules"].append([fr.granule_id or "" for fr in frames])
+    if rows_meta["slot"]:
+        store.write_shard(loc, task_id * shard, chips)
+    table = pa.table(rows_meta, schema=_schema())
+    loc.write_bytes(f"{store.PARTS}/task-{task_id:06d}.parquet", store.table_to_bytes(table))
+    bytes_in = strip.nbytes + sum(fm.nbytes for fm in fmasks if fm is not None)
+    return {"task": task_id, "kept": len(rows_meta["slot"]), "rejected": rejected, "bytes": bytes_in,
+            "seconds": time.perf_counter() - t0}
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("slot", pa.int64()), ("tile", pa.string()), ("series", pa.int32()), ("chip_row", pa.int32()),
+                      ("chip_col", pa.int32()), ("crs", pa.string()), ("transform", pa.list_(pa.float64(), 6)),
+                      ("dates", pa.list_(pa.string())), ("year", pa.list_(pa.int32())), ("doy", pa.list_(pa.int32())),
+                      ("lat", pa.float64()), ("lon", pa.float64()), ("cloud_frac", pa.float64()),
+                      ("nodata_frac", pa.float64()), ("band_mean", pa.list_(pa.float64())),
+                      ("band_std", pa.list_(pa.float64())), ("landcover", pa.int32()),
+                      ("granules", pa.list_(pa.string()))])
+
+
+def _to_lonlat(crs: str, xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    from rasterio.warp import transform
+
+    lons, lats = transform(crs, "EPSG:4326", xs, ys)
+    return list(lons), list(lats)
+
+
+def _majority(classes: np.ndarray) -> int:
+    vals = classes[classes >= 0]
+    if vals.size == 0:
+        return -1
+    return int(np.bincount(vals.astype(np.int64)).argmax())
+
+
+def _landcover_strip(path: str, series: dict, window) -> np.ndarray:
+    """Land-cover classes on the strip's grid (nearest resampling if the map's grid differs); -1 = none."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    a, b, c, d, e, f = series["transform"]
+    from affine import Affine
+
+    strip_tf = Affine(a, b, c, d, e, f) @ Affine.translation(window.col_off, window.row_off)
+    out = np.full((int(window.height), int(window.width)), -1, dtype=np.int32)
+    with hls.open_raster(path) as src:
+        nodata = src.nodata
+        src_arr = rasterio.band(src, 1)
+        reproject(src_arr, out, src_transform=src.transform, src_crs=src.crs, dst_transform=strip_tf,
+                  dst_crs=series["crs"], dst_nodata=-1, resampling=Resampling.nearest)
+    if nodata is not None:
+        out[out == nodata] = -1
+    return out
+
+
+# --------------------------------------------------------------------------- orchestration
+@dataclass
+class IngestResult:
+    store: str
+    tasks_total: int
+    tasks_run: int
+    chips: int
+    rejected: dict
+    bytes_read: int
+    seconds: float
+    skipped: list
+    already_complete: bool = False
+
+
+def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, storage_options: dict | None = None,
+           scheduler: str | None = None, n_workers: int | None = None, processes: bool = True,
+           progress: Callable[[int, int], None] | None = None, max_tasks: int | None = None) -> IngestResult:
+    """Ingest ``inputs`` into the chip store ``out`` (resumable). See the module docstring.
+
+    ``scheduler``: address of an existing Dask scheduler; ``None`` starts a LocalCluster of
+    ``n_workers`` (default: CPU count) ``processes`` (or threads); ``"sync"`` runs in-process.
+    ``max_tasks`` stops after that many tasks (for tests of resumption).
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or IngestConfig()
+    loc = store.Location(out, storage_options)
+    files = expand_inputs(inputs)
+    if not files:
+        raise DataError(f"no GeoTIFF files found in {list(inputs)}")
+    frames, skipped = discover_frames(files, cfg)
+    if not frames:
+        raise DataError("no usable frames: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
+    plan, more = plan_ingest(frames, cfg)
+    skipped += more
+    plan_bytes = json.dumps(plan, sort_keys=True).encode()
+    if loc.exists(store.PLAN):
+        if loc.read_bytes(store.PLAN) != plan_bytes:
+            raise DataError(f"store '{out}' was created by a different ingest (inputs or options differ); "
+                            "use a new store path or delete it")
+        if loc.exists(store.METADATA):
+            log.info("store %s is complete: nothing to do", out)
+            meta = store.read_metadata(loc)
+            return IngestResult(out, len(plan["tasks"]), 0, len(meta["slot"]), {}, 0,
+                                time.perf_counter() - t0, skipped, already_complete=True)
+    else:
+        attrs = {"version": STORE_VERSION, "bands": list(MODEL_BANDS), "frames": cfg.frames, "chip_size": cfg.chip_size,
+                 "shard": plan["shard"], "complete": False, "reflectance_scale": 10000, "nodata": HLS_NODATA}
+        store.create_chip_array(loc, len(plan["tasks"]) * plan["shard"], cfg.frames, len(MODEL_BANDS),
+                                cfg.chip_size, plan["shard"], attrs)
+        loc.write_bytes(store.PLAN, plan_bytes)
+    done = {int(n.split("-")[1].split(".")[0]) for n in loc.listdir(store.PARTS) if n.endswith(".parquet")}
+    todo = [i for i in range(len(plan["tasks"])) if i not in done]
+    if max_tasks is not None:
+        todo = todo[:max_tasks]
+    results = _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, len(done))
+    rejected = {"cloud": sum(r["rejected"]["cloud"] for r in results),
+                "nodata": sum(r["rejected"]["nodata"] for r in results)}
+    finished = len(done) + len(results) == len(plan["tasks"])
+    n_chips = sum(r["kept"] for r in results)
+    if finished:
+        n_chips = consolidate(loc)
+    return IngestResult(out, len(plan["tasks"]), len(results), n_chips, rejected,
+                        sum(r["bytes"] for r in results), time.perf_counter() - t0, skipped)
+
+
+def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_done) -> list[dict]:
+    total = len(plan["tasks"])
+    results: list[dict] = []
+    if not todo:
+        return results
+    if scheduler == "sync":
+        for i in todo:
+            results.append(run_task(loc.url, loc.storage_options, plan, i))
+            if progress:
+                progress(n_done + len(results), total)
+        return results
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        import os
+
+        workers = n_workers or min(len(todo), os.cpu_count() or 1)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        plan_future = client.scatter(plan, broadcast=True)
+        futures = [client.submit(run_task, loc.url, loc.storage_options, plan_future, i, pure=False) for i in todo]
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            if progress:
+                progress(n_done + len(results), total)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return results
+
+
+def consolidate(loc: store.Location) -> int:
+    """Merge the metadata parts into ``metadata.parquet`` and mark the store complete."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = [n for n in loc.listdir(store.PARTS) if n.endswith(".parquet")]
+    tables = [pq.read_table(io.BytesIO(loc.read_bytes(f"{store.PARTS}/{n}"))) for n in parts]
+    table = pa.concat_tables(tables).sort_by("slot") if tables else _schema().empty_table()
+    loc.write_bytes(store.METADATA, store.table_to_bytes(table))
+    store.set_store_attrs(loc, complete=True, n_chips=table.num_rows)
+    return table.num_rows
+
+
+def export_geotiffs(store_url: str, out_dir: str, slots: Sequence[int] | None = None, compress: str = "lzw",
+                    storage_options: dict | None = None) -> list[Path]:
+    """Write chips as per-chip GeoTIFFs (T*C bands, int16, chip CRS/transform): the paper's old format."""
+    import rasterio
+    from affine import Affine
+
+    loc = store.Location(store_url, storage_options)
+    meta = store.read_metadata(loc)
+    reader = store.ShardReader(loc)
+    sel = np.arange(len(meta["slot"])) if slots is None else np.searchsorted(meta["slot"], slots)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in sel:
+        chip = reader.read([meta["slot"][i]])[0]  # (T, C, H, W)
+        t, c, h, w = chip.shape
+        p = out / f"chip_{int(meta['slot'][i]):07d}.tif"
+        with rasterio.open(p, "w", driver="GTiff", width=w, height=h, count=t * c, dtype="int16",
+                           crs=meta["crs"][i], transform=Affine(*meta["transform"][i]), nodata=HLS_NODATA,
+                           compress=compress, tiled=False) as dst:
+            dst.write(chip.reshape(t * c, h, w))
+        paths.append(p)
+    return paths

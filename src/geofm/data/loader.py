@@ -1,0 +1,216 @@
+"""Streaming dataset over a chip store, aware of DDP ranks and DataLoader workers.
+
+Each epoch has one global order: the store's shards in a seeded random order (seed +
+epoch), and the chips of each shard in a seeded random order inside it. Ranks take
+contiguous slices of that order and DataLoader workers contiguous slices of their rank's
+slice, so every chip is read exactly once per epoch across all processes, and each worker
+reads runs of chips from the same shard (one ranged read per run: sequential IO on disk
+and few requests on object storage).
+
+Mid-epoch resume: :meth:`ChipDataset.resume` takes the number of batches a rank had
+consumed; each worker works out from the DataLoader's round-robin order how many of its
+own samples were used, and skips them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from geofm.bands import HLS_NODATA, NORMALIZED_NODATA, norm_stats
+from geofm.data import store as chip_store
+from geofm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def read_index(index: str | os.PathLike | Sequence[int]) -> np.ndarray:
+    """Chip slots of a sampling index (a parquet/.npy file written by ``geofm sample``, or a sequence)."""
+    if isinstance(index, (str, os.PathLike)):
+        p = str(index)
+        if p.endswith(".npy"):
+            return np.load(p).astype(np.int64)
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(p, columns=["slot"]).column("slot").to_numpy().astype(np.int64)
+        except Exception as e:
+            raise DataError(f"cannot read sampling index '{p}': expected a parquet file with a 'slot' column ({e})") from e
+    return np.asarray(index, dtype=np.int64)
+
+
+def consumed_per_worker(lengths: Sequence[int], batch_size: int, batches: int) -> list[int]:
+    """Samples of each worker used after ``batches`` batches of an in-order DataLoader.
+
+    Worker ``w`` yields ceil(lengths[w] / batch_size) batches; the DataLoader takes one batch
+    from each live worker in turn and skips exhausted workers.
+    """
+    n_batches = [-(-n // batch_size) for n in lengths]
+    taken = [0] * len(lengths)
+    left = batches
+    while left > 0 and any(t < n for t, n in zip(taken, n_batches)):
+        for w in range(len(lengths)):
+            if left == 0:
+                break
+            if taken[w] < n_batches[w]:
+                taken[w] += 1
+                left -= 1
+    return [min(t * batch_size, n) for t, n in zip(taken, lengths)]
+
+
+class ChipDataset(IterableDataset):
+    """Normalized chips of a geofm chip store (local path or fsspec URL).
+
+    Yields dicts: ``image`` float32 (C, T, H, W) normalized with the ``normalize``
+    statistics (nodata -> 0.0001), ``valid`` bool (T, H, W) True where every band has
+    data, ``temporal_coords`` float32 (T, 2) = (year, day of year), ``location_coords``
+    float32 (2,) = (lat, lon), ``index`` = the chip's slot in the store.
+
+    Args:
+        store: the store path or URL.
+        index: optional sampling index (file or slots) restricting and ordering the chips.
+        bands: optional band subset (indices into the store's bands).
+        normalize: ``"v1"``, ``"v2"`` or None (raw reflectance x10000 as float).
+        return_coords: include the coordinate tensors (TL models).
+        shuffle: shuffle shards and chips within shards per epoch (seed + epoch).
+        drop_last: give every rank the same number of chips (drops fewer than ``world`` per epoch).
+    """
+
+    def __init__(self, store: str | os.PathLike, index: str | os.PathLike | Sequence[int] | None = None,
+                 bands: Sequence[int] | None = None, normalize: str | None = "v1", return_coords: bool = False,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False, storage_options: dict | None = None):
+        super().__init__()
+        self.loc = chip_store.as_location(store, storage_options)
+        self.attrs = chip_store.store_attrs(self.loc)
+        meta = chip_store.read_metadata(self.loc)
+        slots = meta["slot"].astype(np.int64)
+        rows = np.arange(len(slots))
+        if index is not None:
+            wanted = read_index(index)
+            pos = np.searchsorted(slots, wanted)
+            ok = (pos < len(slots)) & (slots[np.minimum(pos, len(slots) - 1)] == wanted)
+            if not ok.all():
+                raise DataError(f"sampling index names {int((~ok).sum())} chip(s) absent from store '{self.loc.url}'")
+            rows = pos
+        self.slots = slots[rows]
+        self.years = meta["year"][rows].astype(np.float32)
+        self.doys = meta["doy"][rows].astype(np.float32)
+        self.latlon = np.stack([meta["lat"][rows], meta["lon"][rows]], axis=1).astype(np.float32)
+        n_bands = len(self.attrs["bands"])
+        self.bands = list(range(n_bands)) if bands is None else [int(b) for b in bands]
+        if any(b < 0 or b >= n_bands for b in self.bands):
+            raise DataError(f"band subset {self.bands} out of range for a store of {n_bands} bands")
+        self.band_names = [self.attrs["bands"][b] for b in self.bands]
+        if normalize is not None:
+            mean, std = norm_stats(normalize)
+            self.mean = np.asarray(mean, np.float32)[self.bands][:, None, None, None]
+            self.std = np.asarray(std, np.float32)[self.bands][:, None, None, None]
+        else:
+            self.mean = self.std = None
+        self.return_coords = return_coords
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self._resume: tuple[int, int, int] | None = None  # (epoch, batches, batch_size)
+        self._reader: chip_store.ShardReader | None = None
+        self.per_shard = int(self.attrs["shard"])
+
+    def __len__(self) -> int:
+        """Chips this rank yields per epoch (all workers together)."""
+        rank, world = dist_rank_world()
+        return len(self._rank_slice(len(self.slots), rank, world))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume(self, epoch: int, batches: int, batch_size: int) -> None:
+        """Continue ``epoch`` after ``batches`` batches of ``batch_size`` were consumed on this rank."""
+        self.epoch = int(epoch)
+        self._resume = (int(epoch), int(batches), int(batch_size))
+
+    # ----------------------------------------------------------------------- ordering
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Positions (into this dataset's chips) in the global order of ``epoch``."""
+        n = len(self.slots)
+        if not self.shuffle:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, epoch])
+        shard = self.slots // self.per_shard
+        shards = np.unique(shard)
+        order = []
+        for s in rng.permutation(shards):
+            members = np.flatnonzero(shard == s)
+            order.append(rng.permutation(members))
+        return np.concatenate(order) if order else np.arange(0)
+
+    def _rank_slice(self, n: int, rank: int, world: int) -> slice | range:
+        if self.drop_last:
+            per = n // world
+            return range(rank * per, (rank + 1) * per)
+        bounds = np.linspace(0, n, world + 1).round().astype(int)
+        return range(bounds[rank], bounds[rank + 1])
+
+    def worker_positions(self, epoch: int, rank: int, world: int, worker: int,
+                         workers: int) -> tuple[np.ndarray, list[int]]:
+        """The positions one (rank, worker) reads in ``epoch`` (in order), and every worker's count."""
+        order = self.epoch_order(epoch)
+        mine = order[list(self._rank_slice(len(order), rank, world))]
+        bounds = np.linspace(0, len(mine), workers + 1).round().astype(int)
+        return mine[bounds[worker]:bounds[worker + 1]], [int(bounds[i + 1] - bounds[i]) for i in range(workers)]
+
+    # ----------------------------------------------------------------------- reading
+    def __iter__(self) -> Iterator[dict]:
+        rank, world = dist_rank_world()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        positions, lengths = self.worker_positions(self.epoch, rank, world, worker, workers)
+        if self._resume is not None and self._resume[0] == self.epoch:
+            _, batches, bs = self._resume
+            positions = positions[consumed_per_worker(lengths, bs, batches)[worker]:]
+        if self._reader is None:
+            self._reader = chip_store.ShardReader(self.loc)
+        i = 0
+        while i < len(positions):  # runs of positions in the same shard -> one read each
+            shard = self.slots[positions[i]] // self.per_shard
+            j = i
+            while j < len(positions) and self.slots[positions[j]] // self.per_shard == shard:
+                j += 1
+            run = positions[i:j]
+            chips = self._reader.read(self.slots[run])
+            for k, pos in enumerate(run):
+                yield self._sample(chips[k], int(pos))
+            i = j
+
+    def _sample(self, chip: np.ndarray, pos: int) -> dict:
+        """chip (T, C, H, W) int16 -> the sample dict."""
+        x = chip[:, self.bands].transpose(1, 0, 2, 3)  # (C, T, H, W)
+        nodata = (chip == HLS_NODATA).any(axis=1)  # (T, H, W), any band
+        img = x.astype(np.float32)
+        if self.mean is not None:
+            img -= self.mean
+            img /= self.std
+        if nodata.any():
+            img[:, nodata] = NORMALIZED_NODATA
+        out = {"image": torch.from_numpy(img), "valid": torch.from_numpy(~nodata), "index": int(self.slots[pos])}
+        if self.return_coords:
+            out["temporal_coords"] = torch.from_numpy(np.stack([self.years[pos], self.doys[pos]], axis=1))
+            out["location_coords"] = torch.from_numpy(self.latlon[pos].copy())
+        return out
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_reader"] = None  # opened lazily in each worker
+        return state

@@ -1,0 +1,159 @@
+"""Generator of realistic synthetic HLS v2.0 granules (tests, benchmarks, demo).
+
+Each granule is written as NASA ships it: one tiled, compressed GeoTIFF per band named
+``HLS.S30.T{tile}.{YYYYDOY}T{hhmmss}.v2.0.{band}.tif`` (int16 reflectance x10000, nodata
+-9999) plus a bit-packed uint8 ``Fmask``, on the UTM grid of a real MGRS tile. Reflectance
+is spatially smooth (low-frequency fields per land-cover patch, seasonal NIR), clouds are
+blobs with their adjacent ring and a displaced shadow, and an optional swath edge leaves
+part of the tile as nodata, as on real S30 tiles at orbit edges.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from geofm.bands import HLS_NODATA
+from geofm.data.hls import FMASK_BITS, FMASK_FILL, model_band_files
+from geofm.io import atomic_path
+
+#: A few real MGRS tiles: tile -> (EPSG of its UTM zone, upper-left x, upper-left y) of the HLS grid.
+TILES = {
+    "10SEG": (32610, 499980.0, 4200000.0),  # California Central Valley
+    "14RMT": (32614, 399960.0, 3300000.0),  # Texas
+    "17RMJ": (32617, 399960.0, 3100020.0),  # Florida
+    "38PMB": (32638, 399960.0, 1700040.0),  # Horn of Africa (tile of the bundled real Fmask)
+}
+# Typical surface reflectance x10000 (B, G, R, NIR, SWIR1, SWIR2) of a few land covers.
+_COVER_SPECTRA = np.array([
+    [400, 700, 500, 3500, 2000, 1000],  # vegetation
+    [900, 1200, 1500, 2500, 3200, 2600],  # bare/developed
+    [600, 800, 700, 300, 150, 100],  # water
+    [500, 800, 900, 2400, 2600, 1800],  # cropland (fallow-ish)
+], dtype=np.float32)
+
+
+def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int = 24) -> np.ndarray:
+    """(h, w) smooth random field in [0, 1] by bilinear upsampling of a coarse grid."""
+    coarse = rng.random((cells + 1, cells + 1)).astype(np.float32)
+
+    def weights(n: int) -> np.ndarray:
+        pos = np.linspace(0, cells, n, dtype=np.float32)
+        i0 = np.minimum(pos.astype(int), cells - 1)
+        frac = pos - i0
+        m = np.zeros((n, cells + 1), np.float32)
+        m[np.arange(n), i0] = 1 - frac
+        m[np.arange(n), i0 + 1] = frac
+        return m
+
+    return weights(h) @ coarse @ weights(w).T
+
+
+def land_cover(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w) uint8 land-cover classes 0..3 (vegetation, bare, water, cropland) in smooth patches."""
+    a, b = _smooth_field(rng, h, w, 12), _smooth_field(rng, h, w, 8)
+    cover = np.where(a > 0.62, 1, np.where(b < 0.22, 2, np.where(a < 0.4, 3, 0)))
+    return cover.astype(np.uint8)
+
+
+def synth_reflectance(rng: np.random.Generator, cover: np.ndarray, doy: int) -> np.ndarray:
+    """(6, h, w) int16 reflectance x10000 for a land-cover map on day of year ``doy``."""
+    h, w = cover.shape
+    season = 0.75 + 0.25 * np.sin(2 * np.pi * (doy - 100) / 365.0)  # greener in summer
+    base = _COVER_SPECTRA[cover]  # (h, w, 6)
+    texture = 0.8 + 0.4 * _smooth_field(rng, h, w, 48)
+    out = base * texture[..., None]
+    veg = cover == 0
+    out[..., 3] = np.where(veg, out[..., 3] * season, out[..., 3])
+    out += rng.normal(0.0, 25.0, size=out.shape).astype(np.float32)
+    return np.clip(out, 0, 15000).astype(np.int16).transpose(2, 0, 1)
+
+
+def synth_fmask(rng: np.random.Generator, h: int, w: int, cloud_cover: float) -> np.ndarray:
+    """(h, w) uint8 HLS Fmask with cloud blobs, their adjacent ring and a shadow offset."""
+    fmask = np.full((h, w), 1 << 6, np.uint8)  # aerosol level 1 (low) everywhere
+    if cloud_cover <= 0:
+        return fmask
+    field = _smooth_field(rng, h, w, 16)
+    thr = np.quantile(field, 1 - cloud_cover)
+    cloud = field > thr
+    ring = (field > thr - 0.03) & ~cloud
+    dy, dx = max(1, h // 60), max(1, w // 60)
+    shadow = np.zeros_like(cloud)
+    shadow[dy:, dx:] = cloud[:-dy, :-dx]
+    shadow &= ~cloud
+    fmask[cloud] |= 1 << FMASK_BITS["cloud"]
+    fmask[ring] |= 1 << FMASK_BITS["adjacent"]
+    fmask[shadow] |= 1 << FMASK_BITS["shadow"]
+    return fmask
+
+
+def write_granule(out_dir: str | Path, tile: str, when: dt.datetime, size: int = 3660, seed: int = 0,
+                  cloud_cover: float = 0.1, swath_edge: float = 0.0, product: str = "S30",
+                  block: int = 256, compress: str = "deflate", cover: np.ndarray | None = None) -> list[Path]:
+    """Write one synthetic HLS granule (six model bands + Fmask) and return the file paths.
+
+    ``swath_edge`` is the fraction of the tile (a corner triangle) left as nodata.
+    """
+    from rasterio.transform import from_origin
+
+    epsg, x0, y0 = TILES[tile]
+    rng = np.random.default_rng(seed)
+    if cover is None:
+        cover = land_cover(np.random.default_rng(sum(map(ord, tile))), size, size)
+    refl = synth_reflectance(rng, cover, when.timetuple().tm_yday)
+    fmask = synth_fmask(rng, size, size, cloud_cover)
+    if swath_edge > 0:
+        yy, xx = np.mgrid[0:size, 0:size]
+        edge = (xx + yy) < np.sqrt(2 * swath_edge) * size
+        refl[:, edge] = HLS_NODATA
+        fmask[edge] = FMASK_FILL
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"HLS.{product}.T{tile}.{when:%Y%j}T{when:%H%M%S}.v2.0"
+    profile = dict(driver="GTiff", width=size, height=size, count=1, crs=f"EPSG:{epsg}",
+                   transform=from_origin(x0, y0, 30.0, 30.0), tiled=True, blockxsize=block, blockysize=block,
+                   compress=compress)
+    paths = []
+    for band, arr in zip(model_band_files(product), refl):
+        paths.append(_write(out_dir / f"{prefix}.{band}.tif", arr, dict(profile, dtype="int16", nodata=HLS_NODATA)))
+    paths.append(_write(out_dir / f"{prefix}.Fmask.tif", fmask, dict(profile, dtype="uint8", nodata=FMASK_FILL)))
+    return paths
+
+
+def _write(path: Path, arr: np.ndarray, profile: dict) -> Path:
+    import rasterio
+
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr, 1)
+    return path
+
+
+def write_time_series(out_dir: str | Path, tile: str = "10SEG", dates: Sequence[str] = ("2020-03-15", "2020-06-20",
+                      "2020-09-10"), size: int = 3660, seed: int = 0, cloud_cover: Sequence[float] | float = 0.1,
+                      swath_edge: float = 0.0, **kw) -> list[Path]:
+    """Write one granule per date (same tile, same land cover) and return all file paths."""
+    covers = [cloud_cover] * len(dates) if isinstance(cloud_cover, (int, float)) else list(cloud_cover)
+    cover = land_cover(np.random.default_rng(seed + 7919), size, size)
+    paths = []
+    for i, d in enumerate(dates):
+        when = dt.datetime.fromisoformat(d).replace(hour=18, minute=49, second=19)
+        paths += write_granule(out_dir, tile, when, size=size, seed=seed * 1000 + i, cloud_cover=covers[i],
+                               swath_edge=swath_edge, cover=cover, **kw)
+    return paths
+
+
+def write_landcover(path: str | Path, tile: str = "10SEG", size: int = 3660, seed: int = 0) -> Path:
+    """A land-cover GeoTIFF (uint8 classes 0..3) on the tile's grid, matching :func:`write_time_series`."""
+    from rasterio.transform import from_origin
+
+    epsg, x0, y0 = TILES[tile]
+    cover = land_cover(np.random.default_rng(seed + 7919), size, size)
+    return _write(Path(path), cover, dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8",
+                                          crs=f"EPSG:{epsg}", transform=from_origin(x0, y0, 30.0, 30.0),
+                                          tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                                          nodata=255))
