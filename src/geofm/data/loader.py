@@ -127,19 +127,23 @@ class ChipDataset(IterableDataset):
         self._resume: tuple[int, int, int] | None = None  # (epoch, batches, batch_size)
         self._reader: chip_store.ShardReader | None = None
         self.per_shard = int(self.attrs["shard"])
+        self._rank_world = dist_rank_world()
 
     def __len__(self) -> int:
         """Chips this rank yields per epoch (all workers together)."""
         rank, world = dist_rank_world()
+        self._rank_world = (rank, world)
         return len(self._rank_slice(len(self.slots), rank, world))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self._rank_world = dist_rank_world()  # DataLoader workers cannot query torch.distributed
 
     def resume(self, epoch: int, batches: int, batch_size: int) -> None:
         """Continue ``epoch`` after ``batches`` batches of ``batch_size`` were consumed on this rank."""
         self.epoch = int(epoch)
         self._resume = (int(epoch), int(batches), int(batch_size))
+        self._rank_world = dist_rank_world()
 
     # ----------------------------------------------------------------------- ordering
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -173,8 +177,9 @@ class ChipDataset(IterableDataset):
 
     # ----------------------------------------------------------------------- reading
     def __iter__(self) -> Iterator[dict]:
-        rank, world = dist_rank_world()
         info = get_worker_info()
+        # in the main process ask torch.distributed; workers use what the main process saw
+        rank, world = dist_rank_world() if info is None else self._rank_world
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         positions, lengths = self.worker_positions(self.epoch, rank, world, worker, workers)
         if self._resume is not None and self._resume[0] == self.epoch:
