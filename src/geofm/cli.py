@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("geofm.models.convert_cli", "export a checkpoint to safetensors + config.json"),
     "demo": ("geofm.demo", "run the end-to-end demo on the bundled sample data"),
     "ingest": ("geofm.data.ingest_cli", "HLS scenes -> filtered chips in a Zarr store (Dask, resumable)"),
+    "explore": ("geofm.data.explore", "summary statistics and plots of a chip store"),
+    "sample": ("geofm.data.sampling", "stratified sample of a chip store -> index for the loader"),
 }
 
 
