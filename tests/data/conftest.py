@@ -20,6 +20,6 @@ def hls_series(tmp_path_factory):
 def tiny_store(hls_series, tmp_path_factory):
     d, _ = hls_series
     out = tmp_path_factory.mktemp("store") / "chips.zarr"
-    cfg = ingest.IngestConfig(chip_size=32, frames=3, max_cloud=1.0, max_nodata=0.0)
+    cfg = ingest.IngestConfig(chip_size=32, frames=3, max_cloud=1.0, max_nodata=0.0, rows_per_task=1)
     res = ingest.ingest([str(d)], str(out), cfg, scheduler="sync")
     return out, res

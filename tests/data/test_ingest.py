@@ -68,7 +68,7 @@ def test_rerun_is_a_noop_and_other_plan_refused(hls_series, tiny_store):
     d, _ = hls_series
     out, res = tiny_store
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    again = ingest.ingest([str(d)], str(out), ingest.IngestConfig(chip_size=32, max_cloud=1.0), scheduler="sync")
+    again = ingest.ingest([str(d)], str(out), ingest.IngestConfig(chip_size=32, max_cloud=1.0, rows_per_task=1), scheduler="sync")
     assert again.already_complete and again.tasks_run == 0 and again.chips == res.chips
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     with pytest.raises(DataError, match="different ingest"):
@@ -90,7 +90,7 @@ def slow(*a):
     time.sleep(0.4)
     return r
 ing.run_task = slow
-ing.ingest([sys.argv[1]], sys.argv[2], ing.IngestConfig(chip_size=16, max_cloud=1.0), scheduler="sync")
+ing.ingest([sys.argv[1]], sys.argv[2], ing.IngestConfig(chip_size=16, max_cloud=1.0, rows_per_task=1), scheduler="sync")
 """
 
 
@@ -98,7 +98,7 @@ ing.ingest([sys.argv[1]], sys.argv[2], ing.IngestConfig(chip_size=16, max_cloud=
 def test_kill_9_then_resume_equals_clean_run(hls_series, tmp_path):
     d, _ = hls_series
     clean = tmp_path / "clean"
-    ingest.ingest([str(d)], str(clean), ingest.IngestConfig(chip_size=16, max_cloud=1.0), scheduler="sync")
+    ingest.ingest([str(d)], str(clean), ingest.IngestConfig(chip_size=16, max_cloud=1.0, rows_per_task=1), scheduler="sync")
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_INGEST, str(d), str(out)])
     parts = out / "meta" / "parts"
@@ -115,7 +115,7 @@ def test_kill_9_then_resume_equals_clean_run(hls_series, tmp_path):
     shard.write_bytes(b"\x00" * 100)
     with pytest.raises(DataError, match="did not finish"):
         store.read_metadata(out)
-    res = ingest.ingest([str(d)], str(out), ingest.IngestConfig(chip_size=16, max_cloud=1.0), scheduler="sync")
+    res = ingest.ingest([str(d)], str(out), ingest.IngestConfig(chip_size=16, max_cloud=1.0, rows_per_task=1), scheduler="sync")
     assert res.tasks_run == 8 - n_done
     m1, c1 = _store_snapshot(clean)
     m2, c2 = _store_snapshot(out)
@@ -127,7 +127,7 @@ def test_kill_9_then_resume_equals_clean_run(hls_series, tmp_path):
 def test_partial_run_then_resume(hls_series, tmp_path):
     d, _ = hls_series
     out = tmp_path / "p"
-    cfg = ingest.IngestConfig(chip_size=32, max_cloud=1.0)
+    cfg = ingest.IngestConfig(chip_size=32, max_cloud=1.0, rows_per_task=1)
     first = ingest.ingest([str(d)], str(out), cfg, scheduler="sync", max_tasks=2)
     assert first.tasks_run == 2 and not (out / "metadata.parquet").exists()
     second = ingest.ingest([str(d)], str(out), cfg, scheduler="sync")
@@ -213,11 +213,23 @@ def test_cli_ingest(hls_series, tmp_path, capsys):
     d, _ = hls_series
     out = tmp_path / "cli"
     assert cli.main(["ingest", str(d), "--out", str(out), "--chip-size", "32", "--max-cloud", "1",
-                     "--scheduler", "sync"]) == 0
+                     "--rows-per-task", "1", "--scheduler", "sync"]) == 0
     text = capsys.readouterr().out
     assert "ingested 4/4 tasks" in text and "chips kept" in text
     assert cli.main(["ingest", str(d), "--out", str(out), "--chip-size", "32", "--max-cloud", "1",
-                     "--scheduler", "sync"]) == 0
+                     "--rows-per-task", "1", "--scheduler", "sync"]) == 0
     assert "already complete" in capsys.readouterr().out
     plan = json.loads((out / "plan.json").read_text())
     assert plan["config"]["chip_size"] == 32 and len(plan["series"]) == 1
+
+
+def test_tasks_align_strips_with_file_blocks(tmp_path):
+    """224-px chips on 256-px blocks: 8 chip rows (1792 px = 7 blocks) per task."""
+    src = tmp_path / "hls"
+    synthetic.write_time_series(src, size=1800, seed=2, cloud_cover=0.0)
+    frames, _ = ingest.discover_frames(ingest.expand_inputs([str(src)]), ingest.IngestConfig())
+    plan, _ = ingest.plan_ingest(frames, ingest.IngestConfig(chip_size=224))
+    assert [(t["row0"], t["nrows"]) for t in plan["tasks"]] == [(0, 8)]
+    assert plan["n_rows"] == 8 and plan["shard"] == 8
+    plan, _ = ingest.plan_ingest(frames, ingest.IngestConfig(chip_size=100))  # lcm(100, 256) = 6400: no fit
+    assert all(t["nrows"] == 1 for t in plan["tasks"]) and len(plan["tasks"]) == 18

@@ -28,7 +28,7 @@ def s3(tmp_path_factory):
 def test_ingest_to_s3_and_stream_back(hls_series, tiny_store, s3):
     d, _ = hls_series
     url = "s3://geofm-test/stores/chips.zarr"
-    cfg = ingest.IngestConfig(chip_size=32, frames=3, max_cloud=1.0, max_nodata=0.0)
+    cfg = ingest.IngestConfig(chip_size=32, frames=3, max_cloud=1.0, max_nodata=0.0, rows_per_task=1)
     res = ingest.ingest([str(d)], url, cfg, storage_options=s3, scheduler="sync")
     local, local_res = tiny_store
     assert res.chips == local_res.chips

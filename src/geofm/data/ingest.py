@@ -3,9 +3,11 @@
 Plan: inputs are grouped into frames (HLS granules, or stacked GeoTIFFs), frames by tile,
 sorted by date and cut into disjoint series of ``frames`` consecutive acquisitions. Each
 series is cut into a grid of ``chip_size`` chips (partial chips at the right/bottom edges
-are dropped). One task = one row of chips of one series: it reads that strip of every
-frame once, computes the chips' metadata, keeps those within the cloud/nodata thresholds,
-writes them as one shard and then its metadata part. Tasks run on Dask.
+are dropped). One task = a strip of chip rows of one series, as many rows as make the strip
+start and end on the files' block (tile) boundaries (224-px chips on 256-px COG blocks: 8
+chip rows = 7 block rows), so every compressed block is decoded once. A task reads its
+strip of every frame, computes the chips' metadata, keeps those within the cloud/nodata
+thresholds, writes one shard per chip row and then its metadata part. Tasks run on Dask.
 
 Resume: a task is done exactly when its metadata part exists. A rerun with the same plan
 skips done tasks; a finished store (``metadata.parquet`` present) is left untouched.
@@ -14,6 +16,7 @@ skips done tasks; a finished store (``metadata.parquet`` present) is left untouc
 from __future__ import annotations
 
 import dataclasses
+import math
 import datetime as dt
 import io
 import json
@@ -45,6 +48,7 @@ class IngestConfig:
     stacked_bands: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     stacked_fmask_band: int | None = None
     fmask_kind: str = "hls"  # "hls" bits or "cfmask" classes (Landsat stacks)
+    rows_per_task: int | None = None  # chip rows per task; None: align strips with the file blocks
 
 
 # --------------------------------------------------------------------------- planning
@@ -139,16 +143,30 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
             if rows == 0 or cols == 0:
                 skipped.append((f"{tile} series {k}", f"scene {grid.width}x{grid.height} smaller than a chip"))
                 continue
+            per_task = cfg.rows_per_task or _aligned_rows(group[0], cfg.chip_size)
             series.append({"tile": tile, "frames": [_frame_to_json(f) for f in group], "crs": grid.crs,
                            "transform": list(grid.transform), "width": grid.width, "height": grid.height,
-                           "rows": rows, "cols": cols})
+                           "rows": rows, "cols": cols, "rows_per_task": per_task})
     if not series:
         raise DataError("nothing to ingest: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
     shard = max(s["cols"] for s in series)
-    tasks = [{"series": i, "row": r} for i, s in enumerate(series) for r in range(s["rows"])]
+    tasks, row_id = [], 0
+    for i, s in enumerate(series):
+        for r0 in range(0, s["rows"], s["rows_per_task"]):
+            n = min(s["rows_per_task"], s["rows"] - r0)
+            tasks.append({"series": i, "row0": r0, "nrows": n, "row_id0": row_id})
+            row_id += n
     plan = {"version": STORE_VERSION, "config": _cfg_to_json(cfg), "series": series, "tasks": tasks,
-            "shard": shard, "bands": list(MODEL_BANDS)}
+            "shard": shard, "n_rows": row_id, "bands": list(MODEL_BANDS)}
     return plan, skipped
+
+
+def _aligned_rows(frame: hls.Frame, chip: int, max_rows: int = 8) -> int:
+    """Chip rows whose strip height is a multiple of the files' block height (1 if none fits)."""
+    with hls.open_raster(frame.sources[0][0]) as src:
+        block = src.block_shapes[0][0]
+    rows = math.lcm(chip, block) // chip
+    return rows if rows <= max_rows else 1
 
 
 def _frame_to_json(f: hls.Frame) -> dict:
@@ -171,7 +189,7 @@ def _cfg_to_json(cfg: IngestConfig) -> dict:
 
 # --------------------------------------------------------------------------- one task
 def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: int) -> dict:
-    """Read one chip row of one series, filter its chips, write its shard and metadata part."""
+    """Read one strip of chip rows of one series, filter its chips, write its shards and metadata part."""
     import pyarrow as pa
     from rasterio.windows import Window
 
@@ -180,9 +198,10 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
     cfg = plan["config"]
     task = plan["tasks"][task_id]
     s = plan["series"][task["series"]]
-    size, row, cols, shard = cfg["chip_size"], task["row"], s["cols"], plan["shard"]
+    size, cols, shard = cfg["chip_size"], s["cols"], plan["shard"]
+    row0, nrows = task["row0"], task["nrows"]
     frames = [_frame_from_json(f) for f in s["frames"]]
-    window = Window(0, row * size, cols * size, size)
+    window = Window(0, row0 * size, cols * size, nrows * size)
     strips, fmasks = [], []
     datasets: dict = {}
     try:
@@ -195,8 +214,9 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
     finally:
         for d in datasets.values():
             d.close()
-    strip = np.stack(strips)  # (T, C, size, cols*size) int16
-    nodata = (strip == HLS_NODATA).any(axis=1)  # (T, size, W)
+    strip = np.stack(strips)  # (T, C, nrows*size, cols*size) int16
+    bytes_in = strip.nbytes + sum(fm.nbytes for fm in fmasks if fm is not None)
+    nodata = (strip == HLS_NODATA).any(axis=1)  # (T, H, W)
     cloud = np.zeros_like(nodata)
     for t, fm in enumerate(fmasks):
         if fm is not None:
@@ -204,56 +224,58 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
             cloud[t] = hls.cloud_mask(fm, cfg["cloud_bits"])
     landcover = _landcover_strip(cfg["landcover"], s, window) if cfg["landcover"] else None
     a, b, c, d, e, f = s["transform"]
-    centres_x = [c + a * (col * size + size / 2) + b * (row * size + size / 2) for col in range(cols)]
-    centres_y = [f + d * (col * size + size / 2) + e * (row * size + size / 2) for col in range(cols)]
-    lons, lats = _to_lonlat(s["crs"], centres_x, centres_y)
     dates = [fr.datetime for fr in frames]
-    chips = np.full((shard, *strip.shape[:2], size, size), HLS_NODATA, dtype=np.int16)
-    rows_meta: dict[str, list] = {k: [] for k in (
-        "slot", "tile", "series", "chip_row", "chip_col", "crs", "transform", "dates", "year", "doy", "lat", "lon",
-        "cloud_frac", "nodata_frac", "band_mean", "band_std", "landcover", "granules")}
+    rows_meta: dict[str, list] = {k: [] for k in _schema().names}
     rejected = {"cloud": 0, "nodata": 0}
-    for col in range(cols):
-        sl = slice(col * size, (col + 1) * size)
-        nd, cl = nodata[:, :, sl], cloud[:, :, sl]
-        nodata_frac = float(nd.mean())
-        cloud_frac = float((cl & ~nd).mean())
-        if nodata_frac > cfg["max_nodata"]:
-            rejected["nodata"] += 1
-            continue
-        if cloud_frac > cfg["max_cloud"]:
-            rejected["cloud"] += 1
-            continue
-        chip = strip[:, :, :, sl]
-        chips[col] = chip
-        valid = ~nd  # (T, H, W)
-        vals = chip.transpose(1, 0, 2, 3)[:, valid].astype(np.float64)  # (C, n_valid)
-        mean = vals.mean(axis=1) if vals.shape[1] else np.full(len(chip[0]), np.nan)
-        std = vals.std(axis=1) if vals.shape[1] else np.full(len(chip[0]), np.nan)
-        rows_meta["slot"].append(task_id * shard + col)
-        rows_meta["tile"].append(s["tile"])
-        rows_meta["series"].append(task["series"])
-        rows_meta["chip_row"].append(row)
-        rows_meta["chip_col"].append(col)
-        rows_meta["crs"].append(s["crs"])
-        rows_meta["transform"].append([a, b, c + a * col * size + b * row * size, d, e,
-                                       f + d * col * size + e * row * size])
-        rows_meta["dates"].append([x.strftime("%Y-%m-%d") for x in dates])
-        rows_meta["year"].append([x.year for x in dates])
-        rows_meta["doy"].append([x.timetuple().tm_yday for x in dates])
-        rows_meta["lat"].append(lats[col])
-        rows_meta["lon"].append(lons[col])
-        rows_meta["cloud_frac"].append(cloud_frac)
-        rows_meta["nodata_frac"].append(nodata_frac)
-        rows_meta["band_mean"].append(mean.tolist())
-        rows_meta["band_std"].append(std.tolist())
-        rows_meta["landcover"].append(_majority(landcover[:, sl]) if landcover is not None else -1)
-        rows_meta["granules"].append([fr.granule_id or "" for fr in frames])
-    if rows_meta["slot"]:
-        store.write_shard(loc, task_id * shard, chips)
+    for i in range(nrows):
+        row = row0 + i
+        ys = slice(i * size, (i + 1) * size)
+        xs_c = [c + a * (col * size + size / 2) + b * (row * size + size / 2) for col in range(cols)]
+        ys_c = [f + d * (col * size + size / 2) + e * (row * size + size / 2) for col in range(cols)]
+        lons, lats = _to_lonlat(s["crs"], xs_c, ys_c)
+        chips = np.full((shard, *strip.shape[:2], size, size), HLS_NODATA, dtype=np.int16)
+        kept = 0
+        for col in range(cols):
+            xs = slice(col * size, (col + 1) * size)
+            nd, cl = nodata[:, ys, xs], cloud[:, ys, xs]
+            nodata_frac = float(nd.mean())
+            cloud_frac = float((cl & ~nd).mean())
+            if nodata_frac > cfg["max_nodata"]:
+                rejected["nodata"] += 1
+                continue
+            if cloud_frac > cfg["max_cloud"]:
+                rejected["cloud"] += 1
+                continue
+            chip = strip[:, :, ys, xs]
+            chips[col] = chip
+            kept += 1
+            valid = ~nd  # (T, H, W)
+            vals = chip.transpose(1, 0, 2, 3)[:, valid].astype(np.float64)  # (C, n_valid)
+            mean = vals.mean(axis=1) if vals.shape[1] else np.full(chip.shape[1], np.nan)
+            std = vals.std(axis=1) if vals.shape[1] else np.full(chip.shape[1], np.nan)
+            rows_meta["slot"].append((task["row_id0"] + i) * shard + col)
+            rows_meta["tile"].append(s["tile"])
+            rows_meta["series"].append(task["series"])
+            rows_meta["chip_row"].append(row)
+            rows_meta["chip_col"].append(col)
+            rows_meta["crs"].append(s["crs"])
+            rows_meta["transform"].append([a, b, c + a * col * size + b * row * size, d, e,
+                                           f + d * col * size + e * row * size])
+            rows_meta["dates"].append([x.strftime("%Y-%m-%d") for x in dates])
+            rows_meta["year"].append([x.year for x in dates])
+            rows_meta["doy"].append([x.timetuple().tm_yday for x in dates])
+            rows_meta["lat"].append(lats[col])
+            rows_meta["lon"].append(lons[col])
+            rows_meta["cloud_frac"].append(cloud_frac)
+            rows_meta["nodata_frac"].append(nodata_frac)
+            rows_meta["band_mean"].append(mean.tolist())
+            rows_meta["band_std"].append(std.tolist())
+            rows_meta["landcover"].append(_majority(landcover[ys, xs]) if landcover is not None else -1)
+            rows_meta["granules"].append([fr.granule_id or "" for fr in frames])
+        if kept:
+            store.write_shard(loc, (task["row_id0"] + i) * shard, chips)
     table = pa.table(rows_meta, schema=_schema())
     loc.write_bytes(f"{store.PARTS}/task-{task_id:06d}.parquet", store.table_to_bytes(table))
-    bytes_in = strip.nbytes + sum(fm.nbytes for fm in fmasks if fm is not None)
     return {"task": task_id, "kept": len(rows_meta["slot"]), "rejected": rejected, "bytes": bytes_in,
             "seconds": time.perf_counter() - t0}
 
@@ -351,7 +373,7 @@ def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, 
     else:
         attrs = {"version": STORE_VERSION, "bands": list(MODEL_BANDS), "frames": cfg.frames, "chip_size": cfg.chip_size,
                  "shard": plan["shard"], "complete": False, "reflectance_scale": 10000, "nodata": HLS_NODATA}
-        store.create_chip_array(loc, len(plan["tasks"]) * plan["shard"], cfg.frames, len(MODEL_BANDS),
+        store.create_chip_array(loc, plan["n_rows"] * plan["shard"], cfg.frames, len(MODEL_BANDS),
                                 cfg.chip_size, plan["shard"], attrs)
         loc.write_bytes(store.PLAN, plan_bytes)
     done = {int(n.split("-")[1].split(".")[0]) for n in loc.listdir(store.PARTS) if n.endswith(".parquet")}

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band of stacked inputs")
     p.add_argument("--fmask-kind", choices=("hls", "cfmask"), default="hls",
                    help="stacked Fmask encoding: HLS bits or Landsat CFmask classes")
+    p.add_argument("--rows-per-task", type=int, help="chip rows per task (default: align strips with file blocks)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster); "
                                        "'sync' runs in this process")
     p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: CPU count)")
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = IngestConfig(chip_size=args.chip_size, frames=args.frames, max_cloud=args.max_cloud,
                        max_nodata=args.max_nodata, cloud_bits=tuple(b for b in args.cloud_bits.split(",") if b),
                        landcover=args.landcover, stacked_bands=tuple(int(b) for b in args.stacked_bands.split(",")),
-                       stacked_fmask_band=args.stacked_fmask_band, fmask_kind=args.fmask_kind)
+                       stacked_fmask_band=args.stacked_fmask_band, fmask_kind=args.fmask_kind,
+                       rows_per_task=args.rows_per_task)
     so = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
     bar = tqdm(total=0, unit="task", desc="ingest")
 
