@@ -201,39 +201,40 @@ def check_same_grid(frames: Sequence[Frame]) -> Grid:
     return grids[0]
 
 
-def read_frame_window(frame: Frame, window, datasets: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def read_frame_window(frame: Frame, window, datasets: dict | None = None, out: np.ndarray | None = None,
+                      nodata_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a window: (6, h, w) int16 reflectance x10000 with nodata as -9999, and Fmask (h, w) or None.
 
-    ``window`` is a rasterio Window; ``datasets`` caches open datasets across calls.
+    ``window`` is a rasterio Window; ``datasets`` caches open datasets across calls. ``out``
+    (6, h, w) int16 receives the bands without an extra copy; ``nodata_out`` (h, w) bool is
+    OR-ed with the pixels that are nodata in any band.
     """
     own = datasets is None
     datasets = {} if own else datasets
+    h, w = int(window.height), int(window.width)
+    data = np.empty((len(frame.sources), h, w), np.int16) if out is None else out
     try:
         def ds(p):
             if p not in datasets:
                 datasets[p] = open_raster(p)
             return datasets[p]
 
-        bands = []
-        for p, b in frame.sources:
+        for i, (p, b) in enumerate(frame.sources):
+            src = ds(p)
             try:
-                arr = ds(p).read(b, window=window, boundless=False)
+                if src.dtypes[b - 1] == "int16":
+                    src.read(b, window=window, out=data[i])
+                    arr = data[i]
+                    if frame.nodata is not None and frame.nodata != HLS_NODATA:
+                        arr[arr == frame.nodata] = HLS_NODATA
+                else:
+                    data[i] = _to_int16(src.read(b, window=window), frame.nodata, p)
+            except DataError:
+                raise
             except Exception as e:  # rasterio raises several error types for corrupt data
                 raise DataError(f"cannot read band {b} of '{p}': {e}") from e
-            if arr.dtype.kind == "f":
-                bad = ~np.isfinite(arr)
-                if frame.nodata is not None:
-                    bad |= arr == frame.nodata
-                arr = np.where(bad, HLS_NODATA, np.clip(np.rint(arr), -32768, 32767)).astype(np.int16)
-            elif arr.dtype != np.int16:
-                if arr.dtype.kind not in "iu":
-                    raise DataError(f"'{p}' has dtype {arr.dtype}, expected int16 reflectance x10000")
-                bad = arr == frame.nodata if frame.nodata is not None else np.zeros(arr.shape, bool)
-                arr = np.where(bad, HLS_NODATA, np.clip(arr, -32768, 32767)).astype(np.int16)
-            elif frame.nodata is not None and frame.nodata != HLS_NODATA:
-                arr = np.where(arr == frame.nodata, HLS_NODATA, arr).astype(np.int16)
-            bands.append(arr)
-        data = np.stack(bands)
+            if nodata_out is not None:
+                nodata_out |= data[i] == HLS_NODATA
         fmask = None
         if frame.fmask is not None:
             p, b = frame.fmask
@@ -246,6 +247,19 @@ def read_frame_window(frame: Frame, window, datasets: dict | None = None) -> tup
         if own:
             for d in datasets.values():
                 d.close()
+
+
+def _to_int16(arr: np.ndarray, nodata: float | None, path: str) -> np.ndarray:
+    """Float or other integer reflectance -> int16 with -9999 for nodata (and non-finite) pixels."""
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if nodata is not None:
+            bad |= arr == nodata
+        return np.where(bad, HLS_NODATA, np.clip(np.rint(arr), -32768, 32767)).astype(np.int16)
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"'{path}' has dtype {arr.dtype}, expected int16 reflectance x10000")
+    bad = arr == nodata if nodata is not None else np.zeros(arr.shape, bool)
+    return np.where(bad, HLS_NODATA, np.clip(arr, -32768, 32767)).astype(np.int16)
 
 
 # --------------------------------------------------------------------------- Fmask

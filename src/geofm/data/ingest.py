@@ -202,26 +202,24 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
     row0, nrows = task["row0"], task["nrows"]
     frames = [_frame_from_json(f) for f in s["frames"]]
     window = Window(0, row0 * size, cols * size, nrows * size)
-    strips, fmasks = [], []
+    n_t, height, width = len(frames), nrows * size, cols * size
+    strip = np.empty((n_t, len(frames[0].sources), height, width), np.int16)  # (T, C, H, W)
+    nodata = np.zeros((n_t, height, width), bool)
+    cloud = np.zeros((n_t, height, width), bool)
+    bytes_in = strip.nbytes
     datasets: dict = {}
     try:
-        for f in frames:
-            data, fmask = hls.read_frame_window(f, window, datasets)
-            strips.append(data)
-            if fmask is not None and cfg["fmask_kind"] == "cfmask":
-                fmask = hls.cfmask_to_hls_fmask(fmask)
-            fmasks.append(fmask)
+        for t, f in enumerate(frames):
+            _, fmask = hls.read_frame_window(f, window, datasets, out=strip[t], nodata_out=nodata[t])
+            if fmask is not None:
+                bytes_in += fmask.nbytes
+                if cfg["fmask_kind"] == "cfmask":
+                    fmask = hls.cfmask_to_hls_fmask(fmask)
+                nodata[t] |= fmask == hls.FMASK_FILL
+                cloud[t] = hls.cloud_mask(fmask, cfg["cloud_bits"])
     finally:
         for d in datasets.values():
             d.close()
-    strip = np.stack(strips)  # (T, C, nrows*size, cols*size) int16
-    bytes_in = strip.nbytes + sum(fm.nbytes for fm in fmasks if fm is not None)
-    nodata = (strip == HLS_NODATA).any(axis=1)  # (T, H, W)
-    cloud = np.zeros_like(nodata)
-    for t, fm in enumerate(fmasks):
-        if fm is not None:
-            nodata[t] |= fm == hls.FMASK_FILL
-            cloud[t] = hls.cloud_mask(fm, cfg["cloud_bits"])
     landcover = _landcover_strip(cfg["landcover"], s, window) if cfg["landcover"] else None
     a, b, c, d, e, f = s["transform"]
     dates = [fr.datetime for fr in frames]
@@ -249,10 +247,7 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
             chip = strip[:, :, ys, xs]
             chips[col] = chip
             kept += 1
-            valid = ~nd  # (T, H, W)
-            vals = chip.transpose(1, 0, 2, 3)[:, valid].astype(np.float64)  # (C, n_valid)
-            mean = vals.mean(axis=1) if vals.shape[1] else np.full(chip.shape[1], np.nan)
-            std = vals.std(axis=1) if vals.shape[1] else np.full(chip.shape[1], np.nan)
+            mean, std = _band_stats(chip, ~nd)
             rows_meta["slot"].append((task["row_id0"] + i) * shard + col)
             rows_meta["tile"].append(s["tile"])
             rows_meta["series"].append(task["series"])
@@ -278,6 +273,25 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
     loc.write_bytes(f"{store.PARTS}/task-{task_id:06d}.parquet", store.table_to_bytes(table))
     return {"task": task_id, "kept": len(rows_meta["slot"]), "rejected": rejected, "bytes": bytes_in,
             "seconds": time.perf_counter() - t0}
+
+
+def _band_stats(chip: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std (float64) of a (T, C, H, W) chip over ``valid`` (T, H, W) pixels."""
+    t, c = chip.shape[:2]
+    x = chip.reshape(t, c, -1).astype(np.float64)
+    if valid.all():
+        n = x.shape[0] * x.shape[2]
+        s1 = x.sum(axis=2).sum(axis=0)
+        s2 = np.einsum("tcp,tcp->c", x, x)
+    else:
+        w = valid.reshape(t, 1, -1)
+        n = int(valid.sum())
+        if n == 0:
+            return np.full(c, np.nan), np.full(c, np.nan)
+        s1 = (x * w).sum(axis=(0, 2))
+        s2 = (x * x * w).sum(axis=(0, 2))
+    mean = s1 / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
 
 
 def _schema():
