@@ -153,3 +153,13 @@ def test_drop_last_gives_equal_counts(store16, monkeypatch):
         ds = ChipDataset(store16, drop_last=True)
         counts.append(len(indices(ds, workers=0)))
     assert counts == [21, 21, 21]
+
+
+def test_raw_output_normalized_on_the_consumer_side(store16):
+    ref = ChipDataset(store16, shuffle=False)
+    raw = ChipDataset(store16, shuffle=False, raw=True)
+    a = next(iter(DataLoader(ref, batch_size=16)))
+    b = next(iter(DataLoader(raw, batch_size=16)))
+    assert b["image"].dtype == torch.int16 and torch.equal(a["valid"], b["valid"])
+    torch.testing.assert_close(raw.normalize_batch(b["image"]), a["image"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(raw.normalize_batch(b["image"], b["valid"]), a["image"], rtol=1e-6, atol=1e-6)

@@ -235,6 +235,10 @@ class ShardReader:
         self.sep = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
         self._index_cache: dict[int, np.ndarray] = {}
         self._zarr = None
+        import numcodecs.blosc
+
+        # loader workers are already one process per core: blosc's own threads only contend with them
+        numcodecs.blosc.use_threads = False
         if not self.fast:
             log.info("chips array layout not recognised; reading through zarr-python (slower)")
 
@@ -300,14 +304,15 @@ class ShardReader:
             return
         lo = min(o for o, _ in live)
         hi = max(o + n for o, n in live)
-        blob = self.loc.read_bytes(self.shard_key(shard), lo, hi)  # one range covering what is needed
+        blob = memoryview(self.loc.read_bytes(self.shard_key(shard), lo, hi))  # one range covering what is needed
         nbytes = int(np.prod(self.shape[1:])) * 2
         for r, (off, n) in zip(rows, spans):
             if off == _EMPTY:
                 out[r] = self.fill
                 continue
-            raw = numcodecs.blosc.decompress(blob[off - lo: off - lo + n])
-            if len(raw) != nbytes:
-                raise DataError(f"chunk of slot {int(slots[r])} in '{self.loc.url}' decodes to {len(raw)} bytes, "
-                                f"expected {nbytes}")
-            out[r] = np.frombuffer(raw, dtype="<i2").reshape(self.shape[1:])
+            dest = out[r]
+            try:  # decode straight into the output (little-endian int16 on every platform we run on)
+                numcodecs.blosc.decompress(blob[off - lo: off - lo + n], dest)
+            except (RuntimeError, ValueError) as e:
+                raise DataError(f"chunk of slot {int(slots[r])} in '{self.loc.url}' does not decode to "
+                                f"{nbytes} bytes: {e}") from e
