@@ -18,7 +18,7 @@ a raised cosine over the next ``overlap - 2 * (overlap // 4)`` px and is 1 insid
 neighbouring tiles' weights sum to exactly 1 across their overlap. When a row of tiles is
 done, the rows above the next row's first tile are final; they are converted to the output
 type and buffered until a block of ``block`` rows is complete, which is saved as a part file.
-Memory holds two or three strips, whatever the scene size.
+Memory holds about three strips (it grows with the scene width, not its height).
 
 Resuming: part files live in ``.{name}.parts/`` next to the output with a manifest that
 fingerprints the inputs and options. A rerun with the same inputs finds the finished blocks,
@@ -407,8 +407,8 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
                   overlap: int = 32, batch_size: int = 8, block: int = 512, overviews: bool = True,
                   pass_hidden: bool = False, cloud_bits: Sequence[str] = DEFAULT_CLOUD_BITS,
                   compress: str = "deflate", resume: bool = True, run_id: str = "", prefetch: bool = True,
-                  progress: Callable[[int, int], None] | None = None,
-                  tags: dict | None = None) -> SceneResult:
+                  progress: Callable[[int, int], None] | None = None, tags: dict | None = None,
+                  gdal_cache_mb: int = 64) -> SceneResult:
     """Predict a whole scene tile by tile and write ``out_path`` as a Cloud-Optimized GeoTIFF.
 
     ``frames``: T :class:`~geofm.data.hls.Frame` s on one grid (:class:`DataError` otherwise), each
@@ -419,7 +419,8 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     ``mean``/``std``: per band, reflectance x10000. ``block``: output block size (px, multiple of
     16) and the resume granularity in rows. ``run_id`` should fingerprint the model, so that
     parts of a run with another model are not reused. ``progress(done_tiles, total_tiles)`` is
-    called after every batch. The output has the frames' CRS, transform and ``output.nodata``.
+    called after every batch. ``gdal_cache_mb`` caps GDAL's block cache while reading. The output
+    has the frames' CRS, transform and ``output.nodata``; ``tags`` are added to its metadata.
     """
     t_start = time.perf_counter()
     if not frames:
@@ -453,10 +454,16 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     if done_row:
         log.info("resuming %s: rows [0, %d) of %d done, restarting at tile row %d", out_path, done_row, H, k_start)
 
+    import rasterio
+
     wy, wx = ramp_weights(tile, overlap), ramp_weights(tile, overlap)
     w2 = wy[:, None] * wx[None, :]  # (tile, tile)
+    # GDAL's block cache (default 5 % of RAM) would keep every decoded block of the scene (0.5 GB
+    # for a 3-frame HLS tile); capped, a block shared by two strips is at worst decoded twice.
+    env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) << 20)
+    env.__enter__()
     reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits)
-    strips = _Prefetch(reader.read, range(k_start, ny), depth=2, threaded=prefetch)
+    strips = _Prefetch(reader.read, range(k_start, ny), depth=1, threaded=prefetch)
     expected = {k: nx for k in range(k_start, ny)}
     if k_start < ny:
         expected[k_start] = nx - (i0 - k_start * nx)
@@ -548,11 +555,13 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
                 if len(batch) == batch_size:
                     run_batch(batch)
                     batch = []
+            s.x = s.hidden_padded = None  # pending tiles hold views; the rest can go
         if batch:
             run_batch(batch)
     finally:
         strips.close()
         reader.close()
+        env.__exit__(None, None, None)
     if next_k != ny:
         raise RuntimeError(f"internal error: rows of tiles {next_k}..{ny - 1} were not finished")
     _assemble(parts, out_path, grid, frames[0], output, block, H, W, overviews, compress, tags)
