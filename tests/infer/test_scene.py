@@ -242,3 +242,15 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path):
     assert a.tobytes() == b.tobytes() or np.array_equal(a, b, equal_nan=True)
     assert np.array_equal(a.view(np.uint32), b.view(np.uint32))  # bitwise, NaNs included
     assert not (tmp_path / ".out.tif.parts").exists()
+
+
+@pytest.mark.parametrize("shape,pads", [((5, 9), (2, 3, 4, 1)), ((3, 2), (4, 5, 3, 6)), ((7, 7), (0, 0, 6, 0))])
+def test_reflect_fill_matches_np_pad(shape, pads):
+    top, bottom, left, right = pads
+    core = np.random.default_rng(0).random((2, *shape)).astype(np.float32)
+    x = np.full((2, shape[0] + top + bottom, shape[1] + left + right), np.nan, np.float32)
+    x[:, top:top + shape[0], left:left + shape[1]] = core
+    from geofm.infer.scene import reflect_fill
+
+    reflect_fill(x, top, bottom, left, right)
+    np.testing.assert_array_equal(x, np.pad(core, ((0, 0), (top, bottom), (left, right)), mode="reflect"))

@@ -232,19 +232,40 @@ class _Accumulator:
 
 # --------------------------------------------------------------------------- reading
 def normalize_window(raw: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                     nodata: np.ndarray | None = None) -> np.ndarray:
+                     nodata: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """(T, C, h, w) int16 reflectance x10000 -> (C, T, h, w) float32 ``(raw - mean) / std``.
 
     Pixels nodata (-9999) in any band of a frame, or True in ``nodata`` (T, h, w), become 0.0001.
+    ``out`` (C, T, h, w) float32, possibly a view into a larger array, receives the result.
     """
     t, c = raw.shape[:2]
-    out = np.empty((c, t, *raw.shape[2:]), np.float32)
+    out = np.empty((c, t, *raw.shape[2:]), np.float32) if out is None else out
     for j in range(c):
         np.subtract(raw[:, j], np.float32(mean[j]), out=out[j], dtype=np.float32)
         out[j] *= np.float32(1.0 / std[j])
     bad = (raw == HLS_NODATA).any(axis=1) if nodata is None else nodata
-    out[:, bad] = NORMALIZED_NODATA
+    for i in range(t):
+        out[:, i][:, bad[i]] = NORMALIZED_NODATA
     return out
+
+
+def reflect_fill(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> None:
+    """Fill the borders of ``x`` (..., H, W) in place by reflecting its core, as ``np.pad(mode="reflect")``."""
+    h, w = x.shape[-2] - top - bottom, x.shape[-1] - left - right
+    lead = [(0, 0)] * (x.ndim - 2)
+    if max(left, right) >= w or max(top, bottom) >= h:  # tiny core: np.pad reflects repeatedly
+        core = x[..., top:top + h, left:left + w].copy()
+        x[...] = np.pad(core, [*lead, (top, bottom), (left, right)], mode="reflect")
+        return
+    rows = slice(top, top + h)
+    if left:
+        x[..., rows, :left] = x[..., rows, 2 * left:left:-1]
+    if right:
+        x[..., rows, left + w:] = x[..., rows, left + w - 1 - np.arange(1, right + 1)]
+    if top:
+        x[..., :top, :] = x[..., 2 * top:top:-1, :]
+    if bottom:
+        x[..., top + h:, :] = x[..., top + h - 1 - np.arange(1, bottom + 1), :]
 
 
 class _StripReader:
@@ -266,21 +287,25 @@ class _StripReader:
         y0 = ty.origin(k)
         r0, r1 = max(0, y0), min(H, y0 + ty.tile)
         h, T, C = r1 - r0, len(self.frames), len(self.frames[0].sources)
-        raw = np.empty((T, C, h, W), np.int16)
+        keep = self.output.kind == "reflectance"
+        raw = np.empty((T if keep else 1, C, h, W), np.int16)  # one frame at a time unless kept
         nodata = np.zeros((T, h, W), bool)
         hidden = np.zeros((T, h, W), bool)
+        top, bottom = max(0, -y0), max(0, y0 + ty.tile - H)
+        x = np.empty((C, T, ty.tile, W + tx.pad_before + tx.pad_after), np.float32)
+        core = x[:, :, top:top + h, tx.pad_before:tx.pad_before + W]
         window = Window(0, r0, W, h)
         for t, frame in enumerate(self.frames):
-            _, fmask = read_frame_window(frame, window, self.datasets, out=raw[t], nodata_out=nodata[t])
+            buf = raw[t if keep else 0]
+            _, fmask = read_frame_window(frame, window, self.datasets, out=buf, nodata_out=nodata[t])
+            normalize_window(buf[None], self.mean, self.std, nodata[t:t + 1], out=core[:, t:t + 1])
             hidden[t] = nodata[t]
             if fmask is not None:
                 hidden[t] |= cloud_mask(fmask, self.cloud_bits)
-        x = normalize_window(raw, self.mean, self.std, nodata)
-        pad = ((max(0, -y0), max(0, y0 + ty.tile - H)), (tx.pad_before, tx.pad_after))
-        x = np.pad(x, ((0, 0), (0, 0), *pad), mode="reflect")
+        reflect_fill(x, top, bottom, tx.pad_before, tx.pad_after)
+        pad = ((top, bottom), (tx.pad_before, tx.pad_after))
         hidden_padded = np.pad(hidden, ((0, 0), *pad), mode="reflect") if self.need_hidden_padded else None
         invalid = nodata.all(axis=0) if self.output.nodata_rule == "all" else nodata.any(axis=0)
-        keep = self.output.kind == "reflectance"
         return _Strip(k, x, hidden_padded, r0, invalid, raw if keep else None, hidden if keep else None)
 
     def close(self) -> None:
@@ -461,9 +486,7 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     # GDAL's block cache (default 5 % of RAM) would keep every decoded block of the scene (0.5 GB
     # for a 3-frame HLS tile); capped, a block shared by two strips is at worst decoded twice.
     env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) << 20)
-    env.__enter__()
     reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits)
-    strips = _Prefetch(reader.read, range(k_start, ny), depth=1, threaded=prefetch)
     expected = {k: nx for k in range(k_start, ny)}
     if k_start < ny:
         expected[k_start] = nx - (i0 - k_start * nx)
@@ -543,25 +566,26 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
         if progress is not None:
             progress(tiles_done, total)
 
-    try:
-        batch: list = []
-        for s in strips:
-            inputs[s.k] = s
-            j0 = (i0 - s.k * nx) if s.k == k_start else 0
-            for j in range(j0, nx):
-                xs = slice(j * tx.stride, j * tx.stride + tile)
-                hid = s.hidden_padded[:, :, xs] if s.hidden_padded is not None else None
-                batch.append((s.k, j, s.x[:, :, :, xs], hid))
-                if len(batch) == batch_size:
-                    run_batch(batch)
-                    batch = []
-            s.x = s.hidden_padded = None  # pending tiles hold views; the rest can go
-        if batch:
-            run_batch(batch)
-    finally:
-        strips.close()
-        reader.close()
-        env.__exit__(None, None, None)
+    with env:
+        strips = _Prefetch(reader.read, range(k_start, ny), depth=1, threaded=prefetch)
+        try:
+            batch: list = []
+            for s in strips:
+                inputs[s.k] = s
+                j0 = (i0 - s.k * nx) if s.k == k_start else 0
+                for j in range(j0, nx):
+                    xs = slice(j * tx.stride, j * tx.stride + tile)
+                    hid = s.hidden_padded[:, :, xs] if s.hidden_padded is not None else None
+                    batch.append((s.k, j, s.x[:, :, :, xs], hid))
+                    if len(batch) == batch_size:
+                        run_batch(batch)
+                        batch = []
+                s.x = s.hidden_padded = None  # pending tiles hold views; the rest can go
+            if batch:
+                run_batch(batch)
+        finally:
+            strips.close()
+            reader.close()
     if next_k != ny:
         raise RuntimeError(f"internal error: rows of tiles {next_k}..{ny - 1} were not finished")
     _assemble(parts, out_path, grid, frames[0], output, block, H, W, overviews, compress, tags)
@@ -599,4 +623,4 @@ def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: O
 
 
 __all__ = ["AxisTiling", "MaskedPredictor", "OutputSpec", "Predictor", "SceneResult", "check_tiling",
-           "normalize_window", "predict_scene", "ramp_weights"]
+           "normalize_window", "predict_scene", "ramp_weights", "reflect_fill"]
