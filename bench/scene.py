@@ -10,8 +10,9 @@ Prithvi-EO-1.0 100M encoder cut to ``--encoder-depth`` blocks + reference neck +
 1. predicts the scene with ``geofm.infer.predict_checkpoint`` (tile 224, overlap 32, batch 8:
    read windows, normalize, tile, model, blend, write a COG class map) and reads the peak RSS
    (``ru_maxrss``) right after;
-2. then pushes the same number of tiles, in the same batch sizes, as random tensors through
-   the same predictor (model + softmax): the pure model compute time.
+2. before and after that, pushes the same number of tiles, in the same batch sizes, as random
+   tensors through the same predictor (model + softmax): the pure model compute time is the
+   mean of the two (other processes' load drifts during a run).
 
 total / model is the overhead of everything that is not the model (target <= 1.15); on a
 shared machine the two runs may see different loads, so total / in-predictor (the time spent
@@ -66,6 +67,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from geofm.infer.predict import predict_checkpoint, segmentation_predictor
+    from geofm.infer.scene import AxisTiling
     from geofm.models.segmentation import load_finetuned
     from geofm.runtime import tune_cpu_allocator
 
@@ -78,18 +80,28 @@ def worker(args: argparse.Namespace) -> None:
     with torch.inference_mode():  # warm-up (one-time allocations, kernel selection), not timed
         predictor(torch.randn(shape))
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    def model_only(batch_sizes: list[int]) -> float:
+        g = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for b in batch_sizes:
+                predictor(torch.randn((b, *shape[1:]), generator=g))
+        return time.perf_counter() - t0
+
     out = OUT / f"pred_{args.worker}.tif"
+    ax = AxisTiling(args.worker, args.tile, args.overlap)
+    n = ax.count ** 2
+    sizes = [args.batch_size] * (n // args.batch_size) + ([n % args.batch_size] if n % args.batch_size else [])
+    before = model_only(sizes)  # the same batches before and after the scene run: load drift averages out
     res = predict_checkpoint(export, [str(scene)], out, tile=args.tile, overlap=args.overlap,
                              batch_size=args.batch_size, resume=False)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB on Linux)
-    g = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for b in res.batch_sizes:
-            predictor(torch.randn((b, *shape[1:]), generator=g))
-    model_s = time.perf_counter() - t0
+    assert res.batch_sizes == sizes, (res.batch_sizes, sizes)
+    after = model_only(res.batch_sizes)
     print(json.dumps({"size": args.worker, "tiles": res.tiles, "batches": len(res.batch_sizes),
-                      "total_s": res.seconds, "in_predictor_s": res.model_seconds, "model_s": model_s,
+                      "total_s": res.seconds, "in_predictor_s": res.model_seconds, "model_s": (before + after) / 2,
+                      "model_before_s": before, "model_after_s": after, "load": os.getloadavg()[0],
                       "rss_gib": rss, "rss_model_gib": rss_model, "out_mb": out.stat().st_size / 1e6}))
 
 
@@ -123,13 +135,14 @@ def main() -> None:
         if r.returncode:
             sys.exit(f"size {s} failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        print(f"  {s}: done", flush=True)
+        print(f"  {s}: done (1-min load average {rows[-1]['load']:.1f} on {os.cpu_count()} CPUs)", flush=True)
     print()
-    print("| scene px | tiles | total s | model-only s | total/model | in-predictor s | total/in-predictor "
-          "| peak RSS GiB | RSS after model load GiB | output MB |")
+    print("| scene px | tiles | total s | model-only s (before/after) | total/model | in-predictor s "
+          "| total/in-predictor | peak RSS GiB | RSS after model load GiB | output MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']}x{r['size']} | {r['tiles']} | {r['total_s']:.1f} | {r['model_s']:.1f} | "
+        print(f"| {r['size']}x{r['size']} | {r['tiles']} | {r['total_s']:.1f} | {r['model_s']:.1f} "
+              f"({r['model_before_s']:.0f}/{r['model_after_s']:.0f}) | "
               f"{r['total_s'] / r['model_s']:.3f} | {r['in_predictor_s']:.1f} | "
               f"{r['total_s'] / r['in_predictor_s']:.3f} | {r['rss_gib']:.2f} | {r['rss_model_gib']:.2f} | "
               f"{r['out_mb']:.1f} |")
