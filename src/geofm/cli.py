@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module with add_arguments/run, one-line help)
@@ -20,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explore": ("geofm.data.explore", "summary statistics and plots of a chip store"),
     "sample": ("geofm.data.sampling", "stratified sample of a chip store -> index for the loader"),
 }
+
+#: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).
+NOISY_LOGGERS = ("distributed", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:  # engines that configure their own INFO handlers: keep their chatter for -vv
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        # distributed sets its loggers' levels from its config when first imported (later, lazily)
+        os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
     if args.command is None:
         parser.print_help()
         return 2
