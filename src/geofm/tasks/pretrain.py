@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -662,7 +663,8 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callba
     if t.progress_bar:
         cbs.append(TQDMProgressBar(refresh_rate=max(1, t.log_every // 2)))
     cbs.extend(callbacks)
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+    # one version_N folder per session: a resumed run adds version_1, ... and keeps the earlier logs
+    loggers = [CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")]
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=make_strategy(cfg),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_epochs else -1,
@@ -707,6 +709,9 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = ()) -> Pat
     dm = ChipDataModule(cfg.data, normalize=cfg.data.normalize or mopts["norm_stats"],
                         return_coords=bool(mopts["coords_encoding"]), drop_last=True)
     task = build_task(cfg)
+    # the data position is restored by ChipDataModule (state_dict), not by a stateful DataLoader
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined")
     log.info("pretraining %s -> %s%s", cfg.model.name, run_dir, f" (resuming {ckpt_path})" if ckpt_path else "")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP (full state dict)
@@ -741,5 +746,5 @@ def run(args) -> int:
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
         print(f"run directory: {run_dir}")
         print(f"  exported MAE: {run_dir / 'export'} (model.safetensors + config.json)")
-        print(f"  metrics: {run_dir / 'logs' / 'metrics.csv'}; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+        print(f"  metrics: {run_dir / 'logs'}/version_*/metrics.csv; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     return 0
