@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("geofm.data.ingest_cli", "HLS scenes -> filtered chips in a Zarr store (Dask, resumable)"),
     "explore": ("geofm.data.explore", "summary statistics and plots of a chip store"),
     "sample": ("geofm.data.sampling", "stratified sample of a chip store -> index for the loader"),
+    "pretrain": ("geofm.tasks.pretrain", "MAE pretraining on a chip store (Lightning: DDP/FSDP, exact resume)"),
 }
 
 #: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).
