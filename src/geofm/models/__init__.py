@@ -7,10 +7,14 @@
 
 from geofm.models.checkpoints import read_checkpoint, save_pretrained
 from geofm.models.mae import PrithviConfig, PrithviMAE, patchify, random_masking, unpatchify
+from geofm.models.segmentation import (
+    FinetunedInfo, SegmentationModel, build_segmentation_model, load_finetuned, save_finetuned,
+)
 from geofm.models.presets import PRESETS, build_config, create_encoder, create_model, list_models
 from geofm.models.vit import PrithviViT
 
 __all__ = [
-    "PRESETS", "PrithviConfig", "PrithviMAE", "PrithviViT", "build_config", "create_encoder", "create_model",
+    "FinetunedInfo", "PRESETS", "PrithviConfig", "SegmentationModel", "build_segmentation_model",
+    "load_finetuned", "save_finetuned", "PrithviMAE", "PrithviViT", "build_config", "create_encoder", "create_model",
     "list_models", "patchify", "random_masking", "read_checkpoint", "save_pretrained", "unpatchify",
 ]
