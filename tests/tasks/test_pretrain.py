@@ -210,3 +210,26 @@ def test_two_process_training_matches_one_process(full_batch_single, tiny_overri
     assert len(losses) == 3 and losses[-1] < losses[0]
     # logged loss is rank 0's half batch; all ranks together see the 32 chips each epoch
     assert float(_metrics(out)[-1]["train/samples_per_s"]) > 0 and losses_ref
+
+
+# --------------------------------------------------------------------------- TL models get the chip metadata
+def test_tl_model_gets_dates_and_locations_from_the_store(sample_store):
+    from geofm.tasks.pretrain import ChipDataModule, DataSection, MAEPretrainTask
+
+    dm = ChipDataModule(DataSection(store=str(sample_store), val_fraction=0.0, batch_size=4), return_coords=True)
+    dm.setup("fit")
+    batch = dm.on_after_batch_transfer(next(iter(dm._loader(dm.train_ds))), 0)
+    assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 6, 1, 32, 32)
+    assert batch["temporal_coords"].shape == (4, 1, 2) and batch["location_coords"].shape == (4, 2)
+    assert torch.equal(batch["temporal_coords"][0, 0], torch.tensor([2020.0, 1.0]))  # the sample store's placeholder
+    lat, lon = batch["location_coords"].T
+    assert torch.all(((lat > 28) & (lat < 29) & (lon < -99)) | ((lat > 37) & (lat < 39) & (lon.abs() < 2)))
+    task = MAEPretrainTask("prithvi_tiny_tl", {"img_size": 32, "num_frames": 1, "coords_drop_rate": 0.0})
+    task.eval()
+    with torch.no_grad():
+        loss = task(batch)[0]
+        moved = dict(batch, location_coords=batch["location_coords"] + torch.tensor([10.0, 30.0]))
+        assert task(dict(batch))[0] == loss  # masks are a function of (seed, epoch, chip): repeatable
+        assert task(moved)[0] != loss  # the location reaches the model
+        task.uses_coords = False
+        assert task(moved)[0] == task(batch)[0]

@@ -81,6 +81,7 @@ class OptimSection:
     """AdamW + linear warmup + cosine decay (per optimizer step)."""
 
     lr: float = 1.5e-4
+    lr_base_batch: int | None = None  # MAE rule: lr is per this many samples, scaled by the effective batch
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
     warmup_steps: int = 0
@@ -442,13 +443,19 @@ class MAEPretrainTask(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        opt = torch.optim.AdamW(self.param_groups(), lr=o.lr, betas=tuple(o.betas))
         tr = self.trainer
+        lr = o.lr
+        if o.lr_base_batch:  # lr = base lr x effective batch / base batch (He et al. 2022)
+            batch = tr.datamodule.cfg.batch_size if tr.datamodule is not None else 1
+            lr = o.lr * batch * tr.accumulate_grad_batches * tr.world_size / o.lr_base_batch
+            log.info("learning rate %.3g (base %.3g per %d samples, effective batch %d)", lr, o.lr, o.lr_base_batch,
+                     batch * tr.accumulate_grad_batches * tr.world_size)
+        opt = torch.optim.AdamW(self.param_groups(), lr=lr, betas=tuple(o.betas))
         per_epoch = math.ceil(tr.datamodule.batches_per_epoch() / tr.accumulate_grad_batches) \
             if tr.datamodule is not None else 0
         total = tr.max_steps if tr.max_steps > 0 else per_epoch * max(1, tr.max_epochs or 1)
         warmup = o.warmup_steps or int(round(o.warmup_epochs * per_epoch))
-        min_ratio = o.min_lr / o.lr if o.lr > 0 else 0.0
+        min_ratio = o.min_lr / lr if lr > 0 else 0.0
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, warmup, total, min_ratio, o.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
