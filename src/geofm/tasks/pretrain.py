@@ -692,7 +692,8 @@ def build_task(cfg: PretrainConfig) -> MAEPretrainTask:
                            seed=cfg.trainer.seed, compile=cfg.trainer.compile)
 
 
-def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = ()) -> Path:
+def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
+                 datamodule: pl.LightningDataModule | None = None) -> Path:
     """Pretrain as ``cfg`` says; returns the run directory.
 
     The run directory (``cfg.out_dir``) holds ``config.yaml`` (resolved), ``checkpoints/``
@@ -700,6 +701,8 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = ()) -> Pat
     (TensorBoard), ``quicklooks/*.png`` and ``export/`` (``model.safetensors`` +
     ``config.json``: ``create_model(None, checkpoint=run_dir / "export" / "model.safetensors")``).
     With ``trainer.resume: auto`` a rerun continues from ``checkpoints/last.ckpt`` exactly.
+    ``callbacks`` are added to the Trainer's; ``datamodule`` replaces the :class:`ChipDataModule`
+    (benchmarks feed in-memory tensors this way).
     """
     from lightning.fabric.utilities.seed import seed_everything
 
@@ -713,12 +716,14 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = ()) -> Pat
     trainer = build_trainer(cfg, run_dir, callbacks)
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
-    dm = ChipDataModule(cfg.data, normalize=cfg.data.normalize or mopts["norm_stats"],
+    dm = datamodule or ChipDataModule(cfg.data, normalize=cfg.data.normalize or mopts["norm_stats"],
                         return_coords=bool(mopts["coords_encoding"]), drop_last=True)
     task = build_task(cfg)
     # the data position is restored by ChipDataModule (state_dict), not by a stateful DataLoader
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval")  # per epoch, small stores
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")  # lightning vs torch 2.13
     log.info("pretraining %s -> %s%s", cfg.model.name, run_dir, f" (resuming {ckpt_path})" if ckpt_path else "")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP (full state dict)
