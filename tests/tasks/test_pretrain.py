@@ -101,6 +101,17 @@ def test_tiny_run_logs_checkpoints_quicklooks_and_exports(tiny_overrides, tmp_pa
     assert torch.equal(enc.patch_embed.proj.weight, mae.encoder.patch_embed.proj.weight)
 
 
+def test_bf16_autocast_is_applied_and_close_to_fp32(tiny_overrides, tmp_path):
+    losses = {}
+    for precision in ("32", "bf16-mixed"):
+        out = tmp_path / precision
+        run_pretrain(load_pretrain_config(None, tiny_overrides(out, {"trainer.max_steps": 2,
+                                                                     "trainer.precision": precision})))
+        losses[precision] = [float(r["train/loss"]) for r in _metrics(out) if r.get("train/loss")]
+    assert losses["32"] != losses["bf16-mixed"]  # autocast changed the arithmetic
+    np.testing.assert_allclose(losses["bf16-mixed"], losses["32"], rtol=2e-2)
+
+
 # --------------------------------------------------------------------------- exact resume
 RESUME_SCRIPT = '''
 import json, os, signal, sys
@@ -145,15 +156,15 @@ def _batches(path: Path) -> list[list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accumulate, steps", [(1, 8), (2, 6)])
-def test_killed_and_resumed_run_ends_bitwise_identical(tiny_overrides, tmp_path, accumulate, steps):
+@pytest.mark.parametrize("accumulate, steps, workers", [(1, 8, 0), (2, 6, 2)])
+def test_killed_and_resumed_run_ends_bitwise_identical(tiny_overrides, tmp_path, accumulate, steps, workers):
     """N steps straight == SIGKILL after the checkpoint at N/2, then resume; also the same chips, in order."""
     script = tmp_path / "resume_run.py"
     script.write_text(RESUME_SCRIPT)
     ns = runpy.run_path(str(script))
     np.save(tmp_path / "index.npy", np.arange(0, 80, 2))  # 40 chips: 5 batches of 8 per epoch, so epochs roll over
     extra = {"trainer.max_steps": steps, "trainer.checkpoint_every": steps // 2, "optim.accumulate": accumulate,
-             "data.index": str(tmp_path / "index.npy"), "data.num_workers": 0}
+             "data.index": str(tmp_path / "index.npy"), "data.num_workers": workers}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     torch.set_num_threads(torch.get_num_threads())
     run_pretrain(load_pretrain_config(None, tiny_overrides(straight, extra)), [ns["Recorder"](tmp_path / "a.jsonl")])

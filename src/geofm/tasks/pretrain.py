@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 
 # =========================================================================== configuration
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+
+
 @dataclass
 class ModelSection:
     """Which model: a preset name, option overrides, optional starting weights."""
@@ -102,7 +105,7 @@ class TrainerSection:
     num_nodes: int = 1
     accelerator: str = "auto"  # cpu, gpu, auto
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    precision: str = "32"  # "32", "bf16-mixed" or "16-mixed"
     compile: bool = False  # torch.compile the model
     deterministic: bool = False
     seed: int = 0
@@ -200,6 +203,8 @@ def check_config(cfg: PretrainConfig) -> dict[str, Any]:
         attrs = attrs or a
     if d.index is not None and not Path(d.index).is_file():
         raise ConfigError(f"data.index '{d.index}' does not exist")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {t.precision!r}")
     if t.strategy == "fsdp" and t.compile:
         raise ConfigError("trainer.compile with trainer.strategy=fsdp is not supported here; use one of them")
     return attrs or {}
