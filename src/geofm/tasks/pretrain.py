@@ -39,6 +39,7 @@ import torch
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from geofm.config import load_config, save_config, to_dict
 from geofm.errors import ConfigError, DataError
@@ -556,8 +557,6 @@ class Quicklook(Callback):
 # =========================================================================== strategies
 def make_strategy(cfg: PretrainConfig):
     """The Trainer's strategy: "auto", DDP (gloo on CPU, nccl on GPU) or FSDP (also on CPU, gloo)."""
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-
     s = cfg.trainer.strategy
     if s == "ddp":
         return DDPStrategy(find_unused_parameters=False)
@@ -567,42 +566,6 @@ def make_strategy(cfg: PretrainConfig):
         return CPUFSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD",
                                state_dict_type="full")
     return "auto"
-
-
-def _fsdp_cls():
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    class _CPUFSDPStrategy(FSDPStrategy):
-        """Lightning's FSDPStrategy, also on CPU processes (gloo).
-
-        Lightning refuses FSDP without a GPU, and torch's FSDP looks for an accelerator unless
-        ``device_id`` names the CPU explicitly; torch FSDP itself runs on CPU with gloo.
-        """
-
-        def _setup_model(self, model):
-            if self.root_device.type != "cpu":
-                return super()._setup_model(model)
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
-                                            mixed_precision=self.mixed_precision_config,
-                                            sharding_strategy=self.sharding_strategy,
-                                            device_id=torch.device("cpu"), **self.kwargs)
-
-        def lightning_module_state_dict(self):
-            with _cpu_full_state_dict(self):
-                return super().lightning_module_state_dict()
-
-        def optimizer_state(self, optimizer):
-            with _cpu_full_state_dict(self):
-                return super().optimizer_state(optimizer)
-
-        def load_checkpoint(self, checkpoint_path, weights_only=None):
-            with _cpu_full_state_dict(self):
-                return super().load_checkpoint(checkpoint_path, weights_only)
-
-    _CPUFSDPStrategy.__name__ = _CPUFSDPStrategy.__qualname__ = "CPUFSDPStrategy"
-    return _CPUFSDPStrategy
 
 
 @contextmanager
@@ -636,9 +599,36 @@ def _cpu_full_state_dict(strategy):
         lfsdp._get_full_state_dict_context = saved
 
 
-def CPUFSDPStrategy(**kwargs):  # noqa: N802 - a class factory (lightning imports stay lazy)
-    """Lightning's ``FSDPStrategy`` accepted with ``accelerator="cpu"`` too (gloo backend)."""
-    return _fsdp_cls()(**kwargs)
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, also with ``accelerator="cpu"`` (gloo): torch FSDP runs on CPU.
+
+    Lightning refuses FSDP without a GPU (a check on the exact class, which a subclass passes);
+    torch's FSDP looks for an accelerator unless ``device_id`` names the CPU; and full state
+    dicts are gathered without ``offload_to_cpu``, which crashes when parameters are on the CPU.
+    On GPUs it behaves exactly like ``FSDPStrategy``.
+    """
+
+    def _setup_model(self, model):
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                        mixed_precision=self.mixed_precision_config,
+                                        sharding_strategy=self.sharding_strategy,
+                                        device_id=torch.device("cpu"), **self.kwargs)
+
+    def lightning_module_state_dict(self):
+        with _cpu_full_state_dict(self):
+            return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer):
+        with _cpu_full_state_dict(self):
+            return super().optimizer_state(optimizer)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        with _cpu_full_state_dict(self):
+            return super().load_checkpoint(checkpoint_path, weights_only)
 
 
 # =========================================================================== the run
