@@ -244,3 +244,42 @@ def test_tl_model_gets_dates_and_locations_from_the_store(sample_store):
         assert task(moved)[0] != loss  # the location reaches the model
         task.uses_coords = False
         assert task(moved)[0] == task(batch)[0]
+
+
+def test_epochs_see_every_chip_once_and_warmup_in_epochs(tiny_overrides, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    seen: dict[int, list[int]] = {}
+
+    class Seen(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).extend(batch["index"].tolist())
+
+    np.save(tmp_path / "index.npy", np.arange(40, 60))  # 20 chips, batches of 8: 3 batches (8, 8, 4) per epoch
+    out = tmp_path / "run"
+    cfg = load_pretrain_config(None, tiny_overrides(out, {"trainer.max_steps": -1, "trainer.max_epochs": 2,
+                                                          "data.index": str(tmp_path / "index.npy"),
+                                                          "optim.warmup_steps": 0, "optim.warmup_epochs": 1.0}))
+    run_pretrain(cfg, [Seen()])
+    assert sorted(seen) == [0, 1]
+    assert all(sorted(v) == list(range(40, 60)) for v in seen.values())  # each chip exactly once per epoch
+    assert seen[0] != seen[1]  # reshuffled
+    lrs = [float(r["train/lr"]) for r in _metrics(out) if r.get("train/lr")]
+    assert lrs[:3] == pytest.approx([1e-3 * 2 / 3, 1e-3, 1e-3])  # warmup over the 3 steps of one epoch, then cosine
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
+    from geofm.tasks.pretrain import resolve_resume
+
+    cfg = PretrainConfig()
+    assert resolve_resume(cfg, tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"x")
+    hpc.write_bytes(b"x")
+    os.utime(last, (1, 1))
+    assert resolve_resume(cfg, tmp_path) == str(hpc)  # a SLURM pre-emption checkpoint newer than last.ckpt
+    cfg.trainer.resume = str(tmp_path / "missing.ckpt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_resume(cfg, tmp_path)

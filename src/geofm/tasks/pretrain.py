@@ -633,12 +633,14 @@ class CPUFSDPStrategy(FSDPStrategy):
 
 # =========================================================================== the run
 def resolve_resume(cfg: PretrainConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``trainer.resume`` as a path, or with ``auto`` the newest of
+    ``checkpoints/last.ckpt`` and Lightning's SLURM pre-emption checkpoints (``hpc_ckpt_*.ckpt``)."""
     r = cfg.trainer.resume
     if r is None:
         return None
     if r == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
     if not Path(r).is_file():
         raise ConfigError(f"trainer.resume '{r}' does not exist (use 'auto', a .ckpt path or null)")
     return r
