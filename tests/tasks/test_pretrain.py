@@ -97,6 +97,8 @@ def test_tiny_run_logs_checkpoints_quicklooks_and_exports(tiny_overrides, tmp_pa
     assert ckpt["ChipDataModule"] == {"epoch": 0, "batches": 12, "batch_size": 8}
     for k, v in mae.state_dict().items():
         assert torch.equal(v, ckpt["state_dict"]["model." + k]), k
+    from_ckpt = create_model(None, checkpoint=out / "checkpoints" / "last.ckpt")  # Lightning checkpoints load too
+    assert all(torch.equal(v, from_ckpt.state_dict()[k]) for k, v in mae.state_dict().items())
     enc = create_encoder(None, checkpoint=out / "export" / "model.safetensors")
     assert torch.equal(enc.patch_embed.proj.weight, mae.encoder.patch_embed.proj.weight)
 
