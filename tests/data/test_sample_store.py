@@ -38,3 +38,14 @@ def test_sample_store_holds_the_real_pixels(sample_dir, tmp_path):
     assert len(ds) == 305 and next(iter(ds))["image"].shape == (6, 1, 32, 32)
     mtime = (out / store.METADATA).stat().st_mtime_ns
     assert build_sample_store(out) == out and (out / store.METADATA).stat().st_mtime_ns == mtime  # reused
+
+
+def test_dihedral_variants(sample_dir, tmp_path):
+    out = build_sample_store(tmp_path / "x8.zarr", sample_dir=sample_dir, dihedral=True)
+    meta = store.read_metadata(out)
+    assert len(meta["slot"]) == 8 * 305
+    chips = store.ShardReader(out).read(list(range(8)))  # the 8 variants of the first chip
+    base = chips[0, 0]
+    np.testing.assert_array_equal(chips[2, 0], np.rot90(base, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(chips[1, 0], base[..., ::-1])
+    assert list(meta["granules"][:2, 0]) == ["regression_test_0_input.tif#r0", "regression_test_0_input.tif#r0f"]

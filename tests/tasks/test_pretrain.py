@@ -97,8 +97,21 @@ def test_tiny_run_logs_checkpoints_quicklooks_and_exports(tiny_overrides, tmp_pa
     assert ckpt["ChipDataModule"] == {"epoch": 0, "batches": 12, "batch_size": 8}
     for k, v in mae.state_dict().items():
         assert torch.equal(v, ckpt["state_dict"]["model." + k]), k
+    from_ckpt = create_model(None, checkpoint=out / "checkpoints" / "last.ckpt")  # Lightning checkpoints load too
+    assert all(torch.equal(v, from_ckpt.state_dict()[k]) for k, v in mae.state_dict().items())
     enc = create_encoder(None, checkpoint=out / "export" / "model.safetensors")
     assert torch.equal(enc.patch_embed.proj.weight, mae.encoder.patch_embed.proj.weight)
+
+
+def test_bf16_autocast_is_applied_and_close_to_fp32(tiny_overrides, tmp_path):
+    losses = {}
+    for precision in ("32", "bf16-mixed"):
+        out = tmp_path / precision
+        run_pretrain(load_pretrain_config(None, tiny_overrides(out, {"trainer.max_steps": 2,
+                                                                     "trainer.precision": precision})))
+        losses[precision] = [float(r["train/loss"]) for r in _metrics(out) if r.get("train/loss")]
+    assert losses["32"] != losses["bf16-mixed"]  # autocast changed the arithmetic
+    np.testing.assert_allclose(losses["bf16-mixed"], losses["32"], rtol=2e-2)
 
 
 # --------------------------------------------------------------------------- exact resume
@@ -145,15 +158,15 @@ def _batches(path: Path) -> list[list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accumulate, steps", [(1, 8), (2, 6)])
-def test_killed_and_resumed_run_ends_bitwise_identical(tiny_overrides, tmp_path, accumulate, steps):
+@pytest.mark.parametrize("accumulate, steps, workers", [(1, 8, 0), (2, 6, 2)])
+def test_killed_and_resumed_run_ends_bitwise_identical(tiny_overrides, tmp_path, accumulate, steps, workers):
     """N steps straight == SIGKILL after the checkpoint at N/2, then resume; also the same chips, in order."""
     script = tmp_path / "resume_run.py"
     script.write_text(RESUME_SCRIPT)
     ns = runpy.run_path(str(script))
     np.save(tmp_path / "index.npy", np.arange(0, 80, 2))  # 40 chips: 5 batches of 8 per epoch, so epochs roll over
     extra = {"trainer.max_steps": steps, "trainer.checkpoint_every": steps // 2, "optim.accumulate": accumulate,
-             "data.index": str(tmp_path / "index.npy"), "data.num_workers": 0}
+             "data.index": str(tmp_path / "index.npy"), "data.num_workers": workers}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     torch.set_num_threads(torch.get_num_threads())
     run_pretrain(load_pretrain_config(None, tiny_overrides(straight, extra)), [ns["Recorder"](tmp_path / "a.jsonl")])
@@ -210,3 +223,65 @@ def test_two_process_training_matches_one_process(full_batch_single, tiny_overri
     assert len(losses) == 3 and losses[-1] < losses[0]
     # logged loss is rank 0's half batch; all ranks together see the 32 chips each epoch
     assert float(_metrics(out)[-1]["train/samples_per_s"]) > 0 and losses_ref
+
+
+# --------------------------------------------------------------------------- TL models get the chip metadata
+def test_tl_model_gets_dates_and_locations_from_the_store(sample_store):
+    from geofm.tasks.pretrain import ChipDataModule, DataSection, MAEPretrainTask
+
+    dm = ChipDataModule(DataSection(store=str(sample_store), val_fraction=0.0, batch_size=4), return_coords=True)
+    dm.setup("fit")
+    batch = dm.on_after_batch_transfer(next(iter(dm._loader(dm.train_ds))), 0)
+    assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 6, 1, 32, 32)
+    assert batch["temporal_coords"].shape == (4, 1, 2) and batch["location_coords"].shape == (4, 2)
+    assert torch.equal(batch["temporal_coords"][0, 0], torch.tensor([2020.0, 1.0]))  # the sample store's placeholder
+    lat, lon = batch["location_coords"].T
+    assert torch.all(((lat > 28) & (lat < 29) & (lon < -99)) | ((lat > 37) & (lat < 39) & (lon.abs() < 2)))
+    task = MAEPretrainTask("prithvi_tiny_tl", {"img_size": 32, "num_frames": 1, "coords_drop_rate": 0.0})
+    task.eval()
+    with torch.no_grad():
+        loss = task(batch)[0]
+        moved = dict(batch, location_coords=batch["location_coords"] + torch.tensor([10.0, 30.0]))
+        assert task(dict(batch))[0] == loss  # masks are a function of (seed, epoch, chip): repeatable
+        assert task(moved)[0] != loss  # the location reaches the model
+        task.uses_coords = False
+        assert task(moved)[0] == task(batch)[0]
+
+
+def test_epochs_see_every_chip_once_and_warmup_in_epochs(tiny_overrides, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    seen: dict[int, list[int]] = {}
+
+    class Seen(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).extend(batch["index"].tolist())
+
+    np.save(tmp_path / "index.npy", np.arange(40, 60))  # 20 chips, batches of 8: 3 batches (8, 8, 4) per epoch
+    out = tmp_path / "run"
+    cfg = load_pretrain_config(None, tiny_overrides(out, {"trainer.max_steps": -1, "trainer.max_epochs": 2,
+                                                          "data.index": str(tmp_path / "index.npy"),
+                                                          "optim.warmup_steps": 0, "optim.warmup_epochs": 1.0}))
+    run_pretrain(cfg, [Seen()])
+    assert sorted(seen) == [0, 1]
+    assert all(sorted(v) == list(range(40, 60)) for v in seen.values())  # each chip exactly once per epoch
+    assert seen[0] != seen[1]  # reshuffled
+    lrs = [float(r["train/lr"]) for r in _metrics(out) if r.get("train/lr")]
+    assert lrs[:3] == pytest.approx([1e-3 * 2 / 3, 1e-3, 1e-3])  # warmup over the 3 steps of one epoch, then cosine
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
+    from geofm.tasks.pretrain import resolve_resume
+
+    cfg = PretrainConfig()
+    assert resolve_resume(cfg, tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"x")
+    hpc.write_bytes(b"x")
+    os.utime(last, (1, 1))
+    assert resolve_resume(cfg, tmp_path) == str(hpc)  # a SLURM pre-emption checkpoint newer than last.ckpt
+    cfg.trainer.resume = str(tmp_path / "missing.ckpt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_resume(cfg, tmp_path)

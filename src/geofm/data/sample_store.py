@@ -57,14 +57,40 @@ def _read_source(path: Path, bands: tuple[int, ...]) -> tuple[np.ndarray, object
     return out, transform, crs
 
 
+def _chip_row(rows: dict, tile, series, r, c, crs, tf, size, lat, lon, nodata, mean, std) -> None:
+    """Append one chip's metadata (ingest's columns, except slot and granules)."""
+    rows["tile"].append(tile)
+    rows["series"].append(series)
+    rows["chip_row"].append(r)
+    rows["chip_col"].append(c)
+    rows["crs"].append(crs)
+    rows["transform"].append([tf.a, tf.b, tf.c + tf.a * c * size + tf.b * r * size,
+                              tf.d, tf.e, tf.f + tf.d * c * size + tf.e * r * size])
+    rows["dates"].append([PLACEHOLDER_DATE.isoformat()])
+    rows["year"].append([PLACEHOLDER_DATE.year])
+    rows["doy"].append([PLACEHOLDER_DATE.timetuple().tm_yday])
+    rows["lat"].append(float(lat))
+    rows["lon"].append(float(lon))
+    rows["cloud_frac"].append(0.0)
+    rows["nodata_frac"].append(float(nodata.mean()))
+    rows["band_mean"].append(mean.tolist())
+    rows["band_std"].append(std.tolist())
+    rows["landcover"].append(-1)
+
+
 def build_sample_store(out: str | os.PathLike, chip_size: int = 32, shard: int = 16,
-                       sample_dir: str | os.PathLike | None = None) -> Path:
+                       sample_dir: str | os.PathLike | None = None, dihedral: bool = False) -> Path:
     """Cut the bundled sample images into ``chip_size`` chips and write a chip store at ``out``.
 
     The store has the layout of :mod:`geofm.data.store` (int16 (N, T=1, 6, H, W), metadata
     table with the ingest's columns), so :class:`~geofm.data.loader.ChipDataset` reads it like
     an ingested one. With the defaults: 49 + 256 = 305 chips of 32x32 px. Written under a
     temporary name and renamed; an existing complete store at ``out`` is returned as is.
+
+    ``dihedral=True`` also writes the 7 other rotations/flips of every chip (8x the chips, for
+    benchmarks that need longer epochs); their metadata rows are the original chip's, with
+    ``granules`` = ``[<file>#r<k>[f]]`` (k quarter turns, f = then flipped left-right), so their
+    ``transform`` describes the unrotated chip.
     """
     import pyarrow as pa
 
@@ -88,26 +114,13 @@ def build_sample_store(out: str | os.PathLike, chip_size: int = 32, shard: int =
             if nodata.all():
                 continue
             mean, std = _band_stats(chip, ~nodata)
-            rows["slot"].append(len(chips))
-            chips.append(chip)
-            rows["tile"].append(tile)
-            rows["series"].append(series)
-            rows["chip_row"].append(r)
-            rows["chip_col"].append(c)
-            rows["crs"].append(crs)
-            rows["transform"].append([tf.a, tf.b, tf.c + tf.a * c * chip_size + tf.b * r * chip_size,
-                                      tf.d, tf.e, tf.f + tf.d * c * chip_size + tf.e * r * chip_size])
-            rows["dates"].append([PLACEHOLDER_DATE.isoformat()])
-            rows["year"].append([PLACEHOLDER_DATE.year])
-            rows["doy"].append([PLACEHOLDER_DATE.timetuple().tm_yday])
-            rows["lat"].append(float(lat))
-            rows["lon"].append(float(lon))
-            rows["cloud_frac"].append(0.0)
-            rows["nodata_frac"].append(float(nodata.mean()))
-            rows["band_mean"].append(mean.tolist())
-            rows["band_std"].append(std.tolist())
-            rows["landcover"].append(-1)
-            rows["granules"].append([Path(rel).name])
+            variants = [(k, f) for k in range(4) for f in (False, True)] if dihedral else [(0, False)]
+            for k, f in variants:
+                v = np.rot90(chip, k, axes=(2, 3))
+                rows["slot"].append(len(chips))
+                chips.append(np.ascontiguousarray(v[..., ::-1] if f else v))
+                rows["granules"].append([Path(rel).name + (f"#r{k}{'f' if f else ''}" if dihedral else "")])
+                _chip_row(rows, tile, series, r, c, crs, tf, chip_size, lat, lon, nodata, mean, std)
     n_slots = -(-len(chips) // shard) * shard
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

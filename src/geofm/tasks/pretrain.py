@@ -39,6 +39,7 @@ import torch
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from geofm.config import load_config, save_config, to_dict
 from geofm.errors import ConfigError, DataError
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 
 # =========================================================================== configuration
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+
+
 @dataclass
 class ModelSection:
     """Which model: a preset name, option overrides, optional starting weights."""
@@ -81,6 +85,7 @@ class OptimSection:
     """AdamW + linear warmup + cosine decay (per optimizer step)."""
 
     lr: float = 1.5e-4
+    lr_base_batch: int | None = None  # MAE rule: lr is per this many samples, scaled by the effective batch
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
     warmup_steps: int = 0
@@ -101,7 +106,7 @@ class TrainerSection:
     num_nodes: int = 1
     accelerator: str = "auto"  # cpu, gpu, auto
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    precision: str = "32"  # "32", "bf16-mixed" or "16-mixed"
     compile: bool = False  # torch.compile the model
     deterministic: bool = False
     seed: int = 0
@@ -199,6 +204,8 @@ def check_config(cfg: PretrainConfig) -> dict[str, Any]:
         attrs = attrs or a
     if d.index is not None and not Path(d.index).is_file():
         raise ConfigError(f"data.index '{d.index}' does not exist")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {t.precision!r}")
     if t.strategy == "fsdp" and t.compile:
         raise ConfigError("trainer.compile with trainer.strategy=fsdp is not supported here; use one of them")
     return attrs or {}
@@ -442,13 +449,19 @@ class MAEPretrainTask(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        opt = torch.optim.AdamW(self.param_groups(), lr=o.lr, betas=tuple(o.betas))
         tr = self.trainer
+        lr = o.lr
+        if o.lr_base_batch:  # lr = base lr x effective batch / base batch (He et al. 2022)
+            batch = tr.datamodule.cfg.batch_size if tr.datamodule is not None else 1
+            lr = o.lr * batch * tr.accumulate_grad_batches * tr.world_size / o.lr_base_batch
+            log.info("learning rate %.3g (base %.3g per %d samples, effective batch %d)", lr, o.lr, o.lr_base_batch,
+                     batch * tr.accumulate_grad_batches * tr.world_size)
+        opt = torch.optim.AdamW(self.param_groups(), lr=lr, betas=tuple(o.betas))
         per_epoch = math.ceil(tr.datamodule.batches_per_epoch() / tr.accumulate_grad_batches) \
             if tr.datamodule is not None else 0
         total = tr.max_steps if tr.max_steps > 0 else per_epoch * max(1, tr.max_epochs or 1)
         warmup = o.warmup_steps or int(round(o.warmup_epochs * per_epoch))
-        min_ratio = o.min_lr / o.lr if o.lr > 0 else 0.0
+        min_ratio = o.min_lr / lr if lr > 0 else 0.0
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, warmup, total, min_ratio, o.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
@@ -544,8 +557,6 @@ class Quicklook(Callback):
 # =========================================================================== strategies
 def make_strategy(cfg: PretrainConfig):
     """The Trainer's strategy: "auto", DDP (gloo on CPU, nccl on GPU) or FSDP (also on CPU, gloo)."""
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-
     s = cfg.trainer.strategy
     if s == "ddp":
         return DDPStrategy(find_unused_parameters=False)
@@ -555,42 +566,6 @@ def make_strategy(cfg: PretrainConfig):
         return CPUFSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD",
                                state_dict_type="full")
     return "auto"
-
-
-def _fsdp_cls():
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    class _CPUFSDPStrategy(FSDPStrategy):
-        """Lightning's FSDPStrategy, also on CPU processes (gloo).
-
-        Lightning refuses FSDP without a GPU, and torch's FSDP looks for an accelerator unless
-        ``device_id`` names the CPU explicitly; torch FSDP itself runs on CPU with gloo.
-        """
-
-        def _setup_model(self, model):
-            if self.root_device.type != "cpu":
-                return super()._setup_model(model)
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
-                                            mixed_precision=self.mixed_precision_config,
-                                            sharding_strategy=self.sharding_strategy,
-                                            device_id=torch.device("cpu"), **self.kwargs)
-
-        def lightning_module_state_dict(self):
-            with _cpu_full_state_dict(self):
-                return super().lightning_module_state_dict()
-
-        def optimizer_state(self, optimizer):
-            with _cpu_full_state_dict(self):
-                return super().optimizer_state(optimizer)
-
-        def load_checkpoint(self, checkpoint_path, weights_only=None):
-            with _cpu_full_state_dict(self):
-                return super().load_checkpoint(checkpoint_path, weights_only)
-
-    _CPUFSDPStrategy.__name__ = _CPUFSDPStrategy.__qualname__ = "CPUFSDPStrategy"
-    return _CPUFSDPStrategy
 
 
 @contextmanager
@@ -624,19 +599,48 @@ def _cpu_full_state_dict(strategy):
         lfsdp._get_full_state_dict_context = saved
 
 
-def CPUFSDPStrategy(**kwargs):  # noqa: N802 - a class factory (lightning imports stay lazy)
-    """Lightning's ``FSDPStrategy`` accepted with ``accelerator="cpu"`` too (gloo backend)."""
-    return _fsdp_cls()(**kwargs)
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, also with ``accelerator="cpu"`` (gloo): torch FSDP runs on CPU.
+
+    Lightning refuses FSDP without a GPU (a check on the exact class, which a subclass passes);
+    torch's FSDP looks for an accelerator unless ``device_id`` names the CPU; and full state
+    dicts are gathered without ``offload_to_cpu``, which crashes when parameters are on the CPU.
+    On GPUs it behaves exactly like ``FSDPStrategy``.
+    """
+
+    def _setup_model(self, model):
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                        mixed_precision=self.mixed_precision_config,
+                                        sharding_strategy=self.sharding_strategy,
+                                        device_id=torch.device("cpu"), **self.kwargs)
+
+    def lightning_module_state_dict(self):
+        with _cpu_full_state_dict(self):
+            return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer):
+        with _cpu_full_state_dict(self):
+            return super().optimizer_state(optimizer)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        with _cpu_full_state_dict(self):
+            return super().load_checkpoint(checkpoint_path, weights_only)
 
 
 # =========================================================================== the run
 def resolve_resume(cfg: PretrainConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``trainer.resume`` as a path, or with ``auto`` the newest of
+    ``checkpoints/last.ckpt`` and Lightning's SLURM pre-emption checkpoints (``hpc_ckpt_*.ckpt``)."""
     r = cfg.trainer.resume
     if r is None:
         return None
     if r == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
     if not Path(r).is_file():
         raise ConfigError(f"trainer.resume '{r}' does not exist (use 'auto', a .ckpt path or null)")
     return r
@@ -685,7 +689,8 @@ def build_task(cfg: PretrainConfig) -> MAEPretrainTask:
                            seed=cfg.trainer.seed, compile=cfg.trainer.compile)
 
 
-def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = ()) -> Path:
+def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
+                 datamodule: pl.LightningDataModule | None = None) -> Path:
     """Pretrain as ``cfg`` says; returns the run directory.
 
     The run directory (``cfg.out_dir``) holds ``config.yaml`` (resolved), ``checkpoints/``
@@ -693,6 +698,8 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = ()) -> Pat
     (TensorBoard), ``quicklooks/*.png`` and ``export/`` (``model.safetensors`` +
     ``config.json``: ``create_model(None, checkpoint=run_dir / "export" / "model.safetensors")``).
     With ``trainer.resume: auto`` a rerun continues from ``checkpoints/last.ckpt`` exactly.
+    ``callbacks`` are added to the Trainer's; ``datamodule`` replaces the :class:`ChipDataModule`
+    (benchmarks feed in-memory tensors this way).
     """
     from lightning.fabric.utilities.seed import seed_everything
 
@@ -706,12 +713,14 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = ()) -> Pat
     trainer = build_trainer(cfg, run_dir, callbacks)
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
-    dm = ChipDataModule(cfg.data, normalize=cfg.data.normalize or mopts["norm_stats"],
+    dm = datamodule or ChipDataModule(cfg.data, normalize=cfg.data.normalize or mopts["norm_stats"],
                         return_coords=bool(mopts["coords_encoding"]), drop_last=True)
     task = build_task(cfg)
     # the data position is restored by ChipDataModule (state_dict), not by a stateful DataLoader
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval")  # per epoch, small stores
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")  # lightning vs torch 2.13
     log.info("pretraining %s -> %s%s", cfg.model.name, run_dir, f" (resuming {ckpt_path})" if ckpt_path else "")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP (full state dict)
