@@ -300,16 +300,17 @@ def _lightning_datamodule():
 class SegmentationDataModule(_lightning_datamodule()):
     """Train/val/test/predict :class:`GeoSegmentationDataset` splits with seeded label subsampling.
 
-    ``label_fraction`` keeps a seeded fraction of the training samples (the data-efficiency runs).
+    ``label_fraction`` keeps a fraction of the training samples (the data-efficiency runs), drawn
+    with ``label_seed`` (default ``seed``, which also seeds splits where a dataset has none).
     """
 
     def __init__(self, train: GeoSegmentationDataset, val: GeoSegmentationDataset,
                  test: GeoSegmentationDataset | None = None, predict: GeoSegmentationDataset | None = None, *,
                  batch_size: int = 4, eval_batch_size: int | None = None, num_workers: int = 0,
-                 label_fraction: float = 1.0, seed: int = 0, class_names: Sequence[str] = (),
-                 description: dict | None = None):
+                 label_fraction: float = 1.0, seed: int = 0, label_seed: int | None = None,
+                 class_names: Sequence[str] = (), description: dict | None = None):
         super().__init__()
-        keep = subsample(len(train), label_fraction, seed)
+        keep = subsample(len(train), label_fraction, seed if label_seed is None else label_seed)
         if len(keep) < len(train):
             log.info("label_fraction %.3g: training on %d of %d samples", label_fraction, len(keep), len(train))
             train = train.subset(keep, crop_size=train.crop_size, augment=train.augment is not None)

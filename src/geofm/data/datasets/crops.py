@@ -52,7 +52,7 @@ class CropsDataModule(SegmentationDataModule):
 
     def __init__(self, root: str | Path, *, crop_size: int | None = None, tile_size: int | None = None,
                  eval_tile_size: int | None = None, batch_size: int = 8, eval_batch_size: int | None = None,
-                 num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.15,
+                 num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0, label_seed: int | None = None, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, augment: bool = True, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None):
         root = Path(root)
@@ -66,7 +66,7 @@ class CropsDataModule(SegmentationDataModule):
         else:
             train, val, test = make_splits(LAYOUT, mean, std, pairs=pairs_in(root), **common)
         super().__init__(train, val, test, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, label_fraction=label_fraction, seed=seed, class_names=CLASS_NAMES,
+                         num_workers=num_workers, label_fraction=label_fraction, seed=seed, label_seed=label_seed, class_names=CLASS_NAMES,
                          description={"dataset": "crops", "root": str(root), "mean": list(mean), "std": list(std),
                                       "bands": list(LAYOUT.band_names)})
 

@@ -290,7 +290,7 @@ class ImputationDataModule(_lightning_datamodule()):
                  fmask: Sequence[str] = (), patch_size: Sequence[int] = (1, 16, 16), crop_size: int | None = None,
                  gap_frames: Sequence[int] | None = None, patch_threshold: float = 0.0, min_hidden: float = 0.02,
                  batch_size: int = 4, eval_batch_size: int | None = None, num_workers: int = 0,
-                 label_fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.15,
+                 label_fraction: float = 1.0, seed: int = 0, label_seed: int | None = None, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, augment: bool = True, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, norm_stats_name: str = "v1"):
         super().__init__()
@@ -308,7 +308,7 @@ class ImputationDataModule(_lightning_datamodule()):
         else:
             tr = va = te = np.arange(n)  # too few chips to split: evaluate on fresh fixed gaps of the same chips
             log.warning("only %d chip(s): train, val and test share them (different gaps)", n)
-        tr = tr[subsample(len(tr), label_fraction, seed)]
+        tr = tr[subsample(len(tr), label_fraction, seed if label_seed is None else label_seed)]
         common = dict(patch_size=patch_size, mean=mean, std=std, gap_frames=gap_frames, min_hidden=min_hidden,
                       patch_threshold=patch_threshold, crop_size=crop_size)
         self.train_set = ImputationDataset(chips, masks, indices=tr, seed=seed, augment=augment, **common)
