@@ -62,6 +62,25 @@ class FinetuneModule(pl.LightningModule):
             self.model.encoder.eval()  # dropout/drop-path off, as a fixed feature extractor
         return self
 
+    # evaluation: subclasses implement _eval_step(batch, stage) and _eval_epoch_end(stage)
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        raise NotImplementedError
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

@@ -134,7 +134,8 @@ def plot_curves(out: Path, strategies: Sequence[str], fraction: float, seeds: in
         if not epochs:
             continue
         mean = [np.mean([s[e] for s in series if e in s]) for e in epochs]
-        ax.plot(epochs, mean, marker=".", label=f"{strategy} ({'random init' if strategy == 'scratch' else 'pretrained'})")
+        init = "random init" if strategy == "scratch" else "pretrained"
+        ax.plot(epochs, mean, marker=".", label=f"{strategy} ({init})")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{column} (mean over seeds)")
     ax.set_title(f"{title}: validation per epoch, {fraction * 100:g} % labels")

@@ -123,18 +123,6 @@ class ImputationTask(FinetuneModule):
         if scores:
             self.log_dict({f"{stage}/{k}": v for k, v in scores.items()})
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"index": batch["index"], "recon": self.reconstruct(batch)}
 

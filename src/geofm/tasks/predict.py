@@ -105,7 +105,8 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
                     masked = rgb_stretch(target, limits=limits)
                     masked[gap[t]] = 0.5
                     save_panels(out_dir / f"{name}_recon.png", [
-                        (f"input, gaps grey (frame {t})", masked), ("reconstruction", rgb_stretch(rec[:, t], limits=limits)),
+                        (f"input, gaps grey (frame {t})", masked),
+                        ("reconstruction", rgb_stretch(rec[:, t], limits=limits)),
                         ("target", rgb_stretch(target, limits=limits))],
                         suptitle=f"{name}: {gap[t].mean() * 100:.0f} % of frame {t} hidden by real cloud masks")
                     shown += 1

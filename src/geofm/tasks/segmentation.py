@@ -99,18 +99,6 @@ class SegmentationTask(FinetuneModule):
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items() if k != "mIoU"})
         self.log(f"{stage}/mIoU", scores["mIoU"], prog_bar=True)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         logits = self(batch["image"])
         return {"index": batch["index"], "pred": logits.argmax(1), "prob": logits.softmax(1)}
