@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explore": ("geofm.data.explore", "summary statistics and plots of a chip store"),
     "sample": ("geofm.data.sampling", "stratified sample of a chip store -> index for the loader"),
     "pretrain": ("geofm.tasks.pretrain", "MAE pretraining on a chip store (Lightning: DDP/FSDP, exact resume)"),
+    "finetune": ("geofm.tasks.finetune", "fine-tune on a downstream task (fit/validate/test/predict) from a YAML"),
+    "experiment": ("geofm.tasks.experiment", "data-efficiency grid: strategies x label fractions x seeds -> CSV + plots"),
 }
 
 #: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).

@@ -26,7 +26,8 @@ class RandomDihedral:
     def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
         ref = sample[self.keys[0]]
         square = ref.shape[-1] == ref.shape[-2]
-        k = int(torch.randint(4, (), generator=generator)) if square else 2 * int(torch.randint(2, (), generator=generator))
+        turns = int(torch.randint(4, (), generator=generator))
+        k = turns if square else 2 * (turns % 2)
         flip = bool(torch.randint(2, (), generator=generator))
         out = dict(sample)
         for key in self.keys:

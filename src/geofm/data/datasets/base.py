@@ -297,22 +297,13 @@ def _lightning_datamodule():
     return pl.LightningDataModule
 
 
-class SegmentationDataModule(_lightning_datamodule()):
-    """Train/val/test/predict :class:`GeoSegmentationDataset` splits with seeded label subsampling.
+class SplitsDataModule(_lightning_datamodule()):
+    """Train/val/test/predict datasets behind plain DataLoaders (shuffled for training only)."""
 
-    ``label_fraction`` keeps a seeded fraction of the training samples (the data-efficiency runs).
-    """
-
-    def __init__(self, train: GeoSegmentationDataset, val: GeoSegmentationDataset,
-                 test: GeoSegmentationDataset | None = None, predict: GeoSegmentationDataset | None = None, *,
-                 batch_size: int = 4, eval_batch_size: int | None = None, num_workers: int = 0,
-                 label_fraction: float = 1.0, seed: int = 0, class_names: Sequence[str] = (),
-                 description: dict | None = None):
+    def __init__(self, train: Dataset, val: Dataset, test: Dataset | None = None, predict: Dataset | None = None,
+                 *, batch_size: int = 4, eval_batch_size: int | None = None, num_workers: int = 0,
+                 class_names: Sequence[str] = (), description: dict | None = None):
         super().__init__()
-        keep = subsample(len(train), label_fraction, seed)
-        if len(keep) < len(train):
-            log.info("label_fraction %.3g: training on %d of %d samples", label_fraction, len(keep), len(train))
-            train = train.subset(keep, crop_size=train.crop_size, augment=train.augment is not None)
         self.train_set, self.val_set = train, val
         self.test_set = test if test is not None else val
         self.predict_set = predict if predict is not None else self.test_set
@@ -342,6 +333,69 @@ class SegmentationDataModule(_lightning_datamodule()):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, False)
+
+
+class SegmentationDataModule(SplitsDataModule):
+    """:class:`GeoSegmentationDataset` splits with seeded label subsampling.
+
+    ``label_fraction`` keeps a fraction of the training samples (the data-efficiency runs), drawn
+    with ``label_seed`` (default ``seed``, which also seeds splits where a dataset has none).
+    """
+
+    def __init__(self, train: GeoSegmentationDataset, val: GeoSegmentationDataset,
+                 test: GeoSegmentationDataset | None = None, predict: GeoSegmentationDataset | None = None, *,
+                 label_fraction: float = 1.0, seed: int = 0, label_seed: int | None = None, **kwargs):
+        keep = subsample(len(train), label_fraction, seed if label_seed is None else label_seed)
+        if len(keep) < len(train):
+            log.info("label_fraction %.3g: training on %d of %d samples", label_fraction, len(keep), len(train))
+            train = train.subset(keep, crop_size=train.crop_size, augment=train.augment is not None)
+        super().__init__(train, val, test, predict, **kwargs)
+
+
+class FolderPairsDataModule(SegmentationDataModule):
+    """A dataset of ``<id><image suffix>`` + ``<id>.mask.tif`` pairs in one folder, or in official
+    training/validation folders (validation doubles as test); subclasses set the class attributes."""
+
+    NAME = ""
+    LAYOUT: RasterLayout
+    MEAN: tuple[float, ...] = ()
+    STD: tuple[float, ...] = ()
+    CLASS_NAMES: tuple[str, ...] = ()
+    PATTERN = "*.tif"
+    IMAGE_SUFFIXES: tuple[str, ...] = (".tif",)
+    LABEL_SUFFIX = ".mask.tif"
+    SPLIT_DIRS = ("training", "validation")
+
+    @classmethod
+    def pairs_in(cls, folder: Path) -> list[ChipPair]:
+        if not folder.is_dir():
+            raise DataError(f"{cls.NAME} folder '{folder}' does not exist")
+        pairs = find_pairs(folder, cls.PATTERN, cls.IMAGE_SUFFIXES, cls.LABEL_SUFFIX)
+        if not pairs:
+            raise DataError(f"no '{cls.PATTERN}' images in '{folder}'")
+        return pairs
+
+    def __init__(self, root: str | Path, *, crop_size: int | None = None, tile_size: int | None = None,
+                 eval_tile_size: int | None = None, batch_size: int = 4, eval_batch_size: int | None = None,
+                 num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0, label_seed: int | None = None,
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, augment: bool = True,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        root = Path(root)
+        mean, std = tuple(mean or self.MEAN), tuple(std or self.STD)
+        common = dict(tile_size=tile_size, crop_size=crop_size, eval_tile_size=eval_tile_size, augment=augment,
+                      val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        train_dir, val_dir = (root / d for d in self.SPLIT_DIRS)
+        if train_dir.is_dir():
+            val = self.pairs_in(val_dir)
+            train, val, test = make_splits(self.LAYOUT, mean, std, train=self.pairs_in(train_dir), val=val,
+                                           test=val, **common)
+        else:
+            train, val, test = make_splits(self.LAYOUT, mean, std, pairs=self.pairs_in(root), **common)
+        super().__init__(train, val, test, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         num_workers=num_workers, label_fraction=label_fraction, seed=seed, label_seed=label_seed,
+                         class_names=self.CLASS_NAMES,
+                         description={"dataset": self.NAME, "root": str(root), "mean": list(mean), "std": list(std),
+                                      "bands": list(self.LAYOUT.band_names)})
 
 
 def find_pairs(folder: Path, pattern: str, image_suffixes: Sequence[str], label_suffix: str) -> list[ChipPair]:
@@ -407,6 +461,7 @@ def make_splits(layout: RasterLayout, mean: Sequence[float], std: Sequence[float
             whole.subset(te_i if len(te_i) else va_i))
 
 
-__all__ = ["ChipInfo", "ChipPair", "GeoSegmentationDataset", "IGNORE_INDEX", "RasterLayout",
-           "SegmentationDataModule", "check_pair", "find_pairs", "make_splits", "map_labels", "seeded_split", "subsample",
+__all__ = ["ChipInfo", "ChipPair", "FolderPairsDataModule", "GeoSegmentationDataset", "IGNORE_INDEX", "RasterLayout",
+           "SegmentationDataModule", "SplitsDataModule", "check_pair", "find_pairs", "make_splits", "map_labels", "seeded_split",
+           "subsample",
            "tile_origins"]

@@ -19,11 +19,7 @@ Classes (mask id -> index): 1 Natural Vegetation, 2 Forest, 3 Corn, 4 Soybeans, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
-from geofm.data.datasets.base import RasterLayout, SegmentationDataModule, find_pairs, make_splits
-from geofm.errors import DataError
+from geofm.data.datasets.base import FolderPairsDataModule, RasterLayout
 
 CLASS_NAMES = ("natural_vegetation", "forest", "corn", "soybeans", "wetlands", "developed_barren", "open_water",
                "winter_wheat", "alfalfa", "fallow_idle_cropland", "cotton", "sorghum", "other")
@@ -38,37 +34,14 @@ CLASS_WEIGHTS = (0.386375, 0.661126, 0.548184, 0.640482, 0.876862, 0.925186, 3.2
                  2.272419, 3.062762, 3.626097, 1.198702)
 
 
-def pairs_in(folder: Path):
-    if not folder.is_dir():
-        raise DataError(f"crop folder '{folder}' does not exist")
-    pairs = find_pairs(folder, "chip_*.tif", ("_merged.tif", ".tif"), LABEL_SUFFIX)
-    if not pairs:
-        raise DataError(f"no 'chip_*_merged.tif' images in '{folder}'")
-    return pairs
-
-
-class CropsDataModule(SegmentationDataModule):
+class CropsDataModule(FolderPairsDataModule):
     """HLS + CDL multi-temporal crop segmentation, 13 classes, (C=6, T=3) inputs."""
 
-    def __init__(self, root: str | Path, *, crop_size: int | None = None, tile_size: int | None = None,
-                 eval_tile_size: int | None = None, batch_size: int = 8, eval_batch_size: int | None = None,
-                 num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.15,
-                 test_fraction: float = 0.15, augment: bool = True, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None):
-        root = Path(root)
-        mean, std = tuple(mean or MEAN), tuple(std or STD)
-        common = dict(tile_size=tile_size, crop_size=crop_size, eval_tile_size=eval_tile_size, augment=augment,
-                      val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-        if (root / "training_chips").is_dir():
-            val = pairs_in(root / "validation_chips")
-            train, val, test = make_splits(LAYOUT, mean, std, train=pairs_in(root / "training_chips"), val=val,
-                                           test=val, **common)
-        else:
-            train, val, test = make_splits(LAYOUT, mean, std, pairs=pairs_in(root), **common)
-        super().__init__(train, val, test, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, label_fraction=label_fraction, seed=seed, class_names=CLASS_NAMES,
-                         description={"dataset": "crops", "root": str(root), "mean": list(mean), "std": list(std),
-                                      "bands": list(LAYOUT.band_names)})
+    NAME, LAYOUT, MEAN, STD, CLASS_NAMES = "crops", LAYOUT, MEAN, STD, CLASS_NAMES
+    PATTERN, IMAGE_SUFFIXES, LABEL_SUFFIX = "chip_*.tif", ("_merged.tif", ".tif"), LABEL_SUFFIX
+    SPLIT_DIRS = ("training_chips", "validation_chips")
 
+
+pairs_in = CropsDataModule.pairs_in
 
 __all__ = ["CLASS_NAMES", "CLASS_WEIGHTS", "CropsDataModule", "LAYOUT", "MEAN", "STD"]

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from geofm.bands import HLS_NODATA, MODEL_BANDS, NORMALIZED_NODATA, norm_stats
-from geofm.data.datasets.base import _lightning_datamodule, seeded_split, subsample
+from geofm.data.datasets.base import SplitsDataModule, seeded_split, subsample
 from geofm.data.hls import DEFAULT_CLOUD_BITS, cloud_mask
 from geofm.errors import DataError
 
@@ -283,17 +283,16 @@ def generate_series(work_dir: str | Path, *, size: int = 128, chip_size: int = 3
     return out, sorted(granules.glob("*.Fmask.tif"))
 
 
-class ImputationDataModule(_lightning_datamodule()):
+class ImputationDataModule(SplitsDataModule):
     """Cloud-gap imputation splits (seeded by chip) over a store or GeoTIFF stacks, gaps from Fmask files."""
 
     def __init__(self, *, store: str | Path | None = None, stacks: Sequence[str] = (), stack_frames: int = 3,
                  fmask: Sequence[str] = (), patch_size: Sequence[int] = (1, 16, 16), crop_size: int | None = None,
                  gap_frames: Sequence[int] | None = None, patch_threshold: float = 0.0, min_hidden: float = 0.02,
                  batch_size: int = 4, eval_batch_size: int | None = None, num_workers: int = 0,
-                 label_fraction: float = 1.0, seed: int = 0, val_fraction: float = 0.15,
+                 label_fraction: float = 1.0, seed: int = 0, label_seed: int | None = None, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, augment: bool = True, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, norm_stats_name: str = "v1"):
-        super().__init__()
         if (store is None) == (not stacks):
             raise DataError("imputation data needs exactly one chip source: a store or GeoTIFF stacks")
         chips = StoreChips(store) if store is not None else StackChips(expand_paths(stacks), stack_frames)
@@ -308,35 +307,17 @@ class ImputationDataModule(_lightning_datamodule()):
         else:
             tr = va = te = np.arange(n)  # too few chips to split: evaluate on fresh fixed gaps of the same chips
             log.warning("only %d chip(s): train, val and test share them (different gaps)", n)
-        tr = tr[subsample(len(tr), label_fraction, seed)]
+        tr = tr[subsample(len(tr), label_fraction, seed if label_seed is None else label_seed)]
         common = dict(patch_size=patch_size, mean=mean, std=std, gap_frames=gap_frames, min_hidden=min_hidden,
                       patch_threshold=patch_threshold, crop_size=crop_size)
-        self.train_set = ImputationDataset(chips, masks, indices=tr, seed=seed, augment=augment, **common)
-        self.val_set = ImputationDataset(chips, masks, indices=va, seed=seed + 1, fixed_masks=True, **common)
-        self.test_set = ImputationDataset(chips, masks, indices=te if len(te) else va, seed=seed + 2,
-                                          fixed_masks=True, **common)
-        self.predict_set = self.test_set
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.class_names: list[str] = []
-        self.description = {"dataset": "imputation", "mean": list(mean), "std": list(std),
-                            "bands": list(MODEL_BANDS), "fmask": masks.names}
-
-    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, False)
+        train = ImputationDataset(chips, masks, indices=tr, seed=seed, augment=augment, **common)
+        val = ImputationDataset(chips, masks, indices=va, seed=seed + 1, fixed_masks=True, **common)
+        test = ImputationDataset(chips, masks, indices=te if len(te) else va, seed=seed + 2, fixed_masks=True,
+                                 **common)
+        super().__init__(train, val, test, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         num_workers=num_workers,
+                         description={"dataset": "imputation", "mean": list(mean), "std": list(std),
+                                      "bands": list(MODEL_BANDS), "fmask": masks.names})
 
 
 __all__ = ["CloudMaskBank", "ImputationDataModule", "ImputationDataset", "StackChips", "StoreChips", "expand_paths",

@@ -100,7 +100,8 @@ class Sen1Floods11DataModule(SegmentationDataModule):
     def __init__(self, root: str | Path, *, split_dir: str | Path | None = None, tile_size: int | None = None,
                  crop_size: int | None = None, eval_tile_size: int | None = None, batch_size: int = 4,
                  eval_batch_size: int | None = None, num_workers: int = 0, label_fraction: float = 1.0,
-                 seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, augment: bool = True,
+                 seed: int = 0, label_seed: int | None = None,
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, augment: bool = True,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  predict_split: str = "test"):
         root = Path(root)
@@ -123,7 +124,8 @@ class Sen1Floods11DataModule(SegmentationDataModule):
             predict = make_splits(LAYOUT, mean, std, train=lists["bolivia"], val=lists["bolivia"],
                                   **dict(common, crop_size=None, augment=False))[1]
         super().__init__(train, val, test, predict, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, label_fraction=label_fraction, seed=seed, class_names=CLASS_NAMES,
+                         num_workers=num_workers, label_fraction=label_fraction, seed=seed, label_seed=label_seed,
+                         class_names=CLASS_NAMES,
                          description={"dataset": "sen1floods11", "root": str(root), "mean": list(mean),
                                       "std": list(std), "bands": list(LAYOUT.band_names)})
 
