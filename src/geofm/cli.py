@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("geofm.tasks.pretrain", "MAE pretraining on a chip store (Lightning: DDP/FSDP, exact resume)"),
     "finetune": ("geofm.tasks.finetune", "fine-tune on a downstream task (fit/validate/test/predict) from a YAML"),
     "experiment": ("geofm.tasks.experiment", "data-efficiency grid: strategies x label fractions x seeds -> CSV + plots"),
+    "predict": ("geofm.infer.predict_cli", "predict a whole scene with a fine-tuned model -> GeoTIFF (COG)"),
 }
 
 #: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).

@@ -1,0 +1,222 @@
+"""Predict a scene with a fine-tuned geofm export: inputs -> frames, model -> predictor, quicklook.
+
+>>> from geofm.infer import predict_checkpoint
+>>> result = predict_checkpoint("runs/flood/export", ["scene/"], "flood.tif", quicklook=True)  # doctest: +SKIP
+
+``predict_checkpoint`` loads the export with :func:`geofm.models.segmentation.load_finetuned`
+and calls :func:`geofm.infer.scene.predict_scene`: a segmentation model writes a class map
+(or per-class probabilities), an imputation model (PrithviMAE) writes reconstructed
+reflectance where Fmask flags cloud/shadow or the input is nodata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geofm.data.hls import Frame, GRANULE_RE, check_same_grid, group_granules, stacked_frame
+from geofm.errors import ConfigError, DataError
+from geofm.infer.scene import OutputSpec, SceneResult, predict_scene
+
+log = logging.getLogger(__name__)
+
+
+def frames_from_inputs(inputs: Sequence[str], stacked_bands: Sequence[int] = (1, 2, 3, 4, 5, 6),
+                       stacked_fmask_band: int | None = None) -> list[Frame]:
+    """Frames of a time series from ``inputs``: HLS band files (grouped into granules, sorted by
+    date) and/or stacked GeoTIFFs (one frame each, in the given order); folders are searched."""
+    from geofm.data.ingest import date_from_name, expand_inputs
+
+    files = expand_inputs(inputs)
+    hls_files = [f for f in files if GRANULE_RE.search(f.rsplit("/", 1)[-1])]
+    frames, skipped = group_granules(hls_files)
+    if skipped:
+        raise DataError("incomplete HLS input: " + "; ".join(f"{w}: {why}" for w, why in skipped))
+    frames.sort(key=lambda f: f.datetime)
+    for f in files:
+        if f not in hls_files:
+            frames.append(stacked_frame(f, stacked_bands, stacked_fmask_band, datetime=date_from_name(f)))
+    if not frames:
+        raise DataError(f"no HLS granule or GeoTIFF found in {list(inputs)}")
+    return frames
+
+
+def _coords(model: torch.nn.Module, frames: Sequence[Frame]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(1, T, 2) (year, day of year) and (1, 2) (lat, lon) of the scene centre, for TL encoders."""
+    encoder = model.encoder
+    temporal = location = None
+    if getattr(encoder, "temporal_embed_enc", None) is not None and all(f.datetime for f in frames):
+        temporal = torch.tensor([[[f.datetime.year, f.datetime.timetuple().tm_yday] for f in frames]],
+                                dtype=torch.float32)
+    if getattr(encoder, "location_embed_enc", None) is not None:
+        from rasterio.warp import transform
+
+        g = check_same_grid(frames)
+        a, _, c, _, e, f = g.transform
+        lon, lat = transform(g.crs, "EPSG:4326", [c + a * g.width / 2], [f + e * g.height / 2])
+        location = torch.tensor([[lat[0], lon[0]]], dtype=torch.float32)
+    return temporal, location
+
+
+def segmentation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
+                           temporal_coords: torch.Tensor | None = None,
+                           location_coords: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (B, C, T, h, w) normalized -> class probabilities (B, K, h, w) (softmax of the logits)."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
+        lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
+        return torch.softmax(model(x.to(device, non_blocking=True), tc, lc).float(), dim=1)
+
+    return predict
+
+
+def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
+                         temporal_coords: torch.Tensor | None = None,
+                         location_coords: torch.Tensor | None = None) -> Callable:
+    """MAE imputation: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
+
+    A patch is hidden from the encoder when any of its pixels is hidden; tiles with every patch
+    hidden get NaN (nothing to impute from: the output stays nodata there).
+    """
+    from geofm.models.mae import PrithviMAE
+
+    if not isinstance(model, PrithviMAE):
+        raise ConfigError(f"imputation needs a PrithviMAE, got {type(model).__name__}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    u, p, q = model.patch_size
+
+    def predict(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        x, hidden = x.to(device), hidden.to(device)
+        patches = hidden.reshape(b, t // u, u, h // p, p, w // q, q).any(dim=(2, 4, 6)).flatten(1)  # (B, L)
+        empty = patches.all(dim=1)
+        patches[empty] = False  # run them unmasked, then discard
+        tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
+        lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
+        _, pred, mask = model(x, temporal_coords=tc, location_coords=lc, mask=patches.float())
+        rec = model.reconstruct(x, pred, mask).float()  # (B, C, T, h, w)
+        rec[empty] = float("nan")
+        return rec.transpose(1, 2).reshape(b, t * c, h, w)
+
+    return predict
+
+
+def _run_id(checkpoint: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        f = checkpoint / name
+        st = f.stat()
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update((checkpoint / "config.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Sequence[Frame],
+                       out_path: str | os.PathLike, *, tile: int | None = 224, overlap: int = 32,
+                       batch_size: int = 8, probabilities: bool = False, device: str = "cpu",
+                       block: int = 512, overviews: bool = True, resume: bool = True,
+                       quicklook: bool | str | os.PathLike = False, stacked_fmask_band: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> SceneResult:
+    """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
+
+    ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
+    or frames, one per time step, T = the model's ``num_frames``. Segmentation exports write a
+    uint8 class map (nodata 255) or, with ``probabilities``, float32 per-class probabilities
+    (nodata -1); imputation exports write int16 reflectance x10000 (T x C bands, nodata -9999).
+    ``tile=None`` uses the model's training size. ``quicklook``: True (``OUT.png``) or a PNG path.
+    """
+    from geofm.models.segmentation import load_finetuned
+
+    checkpoint = Path(checkpoint)
+    model, info = load_finetuned(checkpoint)
+    frames = list(inputs) if inputs and isinstance(inputs[0], Frame) else frames_from_inputs(
+        [str(i) for i in inputs], stacked_fmask_band=stacked_fmask_band)
+    if len(frames) != info.num_frames:
+        raise DataError(f"the model '{checkpoint}' takes {info.num_frames} frame(s), got {len(frames)}: "
+                        + ", ".join(str(f.granule_id) for f in frames))
+    for f in frames:
+        if len(f.sources) != info.in_chans:
+            raise DataError(f"frame '{f.granule_id}' has {len(f.sources)} bands, the model takes {info.in_chans}")
+    tile = int(tile or info.img_size)
+    temporal, location = _coords(model, frames)
+    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
+    tags = {"geofm_checkpoint": str(folder), "geofm_task": info.task,
+            "geofm_frames": ",".join(str(f.granule_id) for f in frames)}
+    if info.task == "segmentation":
+        spec = (OutputSpec.probabilities if probabilities else OutputSpec.classes)(info.num_classes, info.class_names)
+        predictor = segmentation_predictor(model, device, temporal, location)
+        pass_hidden = False
+    else:
+        if tile % info.patch_size[1]:
+            raise ConfigError(f"imputation tiles must be a multiple of the patch size {info.patch_size[1]}, got {tile}")
+        spec = OutputSpec.reflectance(len(frames), info.bands, info.mean, info.std)
+        predictor = imputation_predictor(model, device, temporal, location)
+        pass_hidden = True
+    result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
+                           overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
+                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(folder), progress=progress,
+                           tags=tags)
+    if quicklook:
+        png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
+        scene_quicklook(frames, out_path, png, class_names=info.class_names)
+    return result
+
+
+def _read_small(path: str, bands: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+    """Decimated read of ``bands`` (1-based) to ``size`` = (h, w) (GDAL uses overviews when present)."""
+    from rasterio.enums import Resampling
+
+    from geofm.data.hls import open_raster
+
+    with open_raster(path) as src:
+        return src.read(list(bands), out_shape=(len(bands), *size), resampling=Resampling.nearest)
+
+
+def scene_quicklook(frames: Sequence[Frame], prediction: str | os.PathLike, png: str | os.PathLike,
+                    max_size: int = 768, frame: int = -1, class_names: Sequence[str] | None = None) -> Path:
+    """PNG: RGB of one input frame | the prediction (class map, last-class probability or the
+    frame's reconstructed RGB), decimated to at most ``max_size`` px, read without loading the scene."""
+    from geofm.bands import HLS_NODATA
+    from geofm.data.hls import open_raster
+    from geofm.viz import rgb_stretch, save_panels, stretch_limits
+
+    with open_raster(str(prediction)) as src:
+        kind, n, H, W, nodata = src.tags().get("geofm_output", "raw"), src.count, src.height, src.width, src.nodata
+    scale = max(H, W) / max_size if max(H, W) > max_size else 1.0
+    size = (max(1, round(H / scale)), max(1, round(W / scale)))
+    f = frames[frame]
+    rgb_idx = (2, 1, 0)
+    bands = np.stack([_read_small(f.sources[i][0], [f.sources[i][1]], size)[0] for i in rgb_idx])  # (3, h, w)
+    valid = (bands != HLS_NODATA).all(0)
+    limits = stretch_limits(bands, (0, 1, 2), valid=valid)
+    panels = [(f"input RGB {f.date_str or f.granule_id}", rgb_stretch(bands, (0, 1, 2), valid=valid, limits=limits))]
+    if kind == "classes":
+        cls = _read_small(str(prediction), [1], size)[0].astype(float)
+        cls[cls == nodata] = np.nan
+        names = ", ".join(f"{i}={n}" for i, n in enumerate(class_names or []))
+        panels.append((f"class map {names}".strip(), cls))
+    elif kind == "reflectance":
+        t = frame % len(frames)
+        rec = _read_small(str(prediction), [6 * t + i + 1 for i in rgb_idx], size)
+        panels.append(("reconstructed RGB", rgb_stretch(rec, (0, 1, 2), valid=(rec != HLS_NODATA).all(0),
+                                                        limits=limits)))
+    else:
+        band = _read_small(str(prediction), [n], size)[0].astype(float)
+        band[band == nodata] = np.nan
+        panels.append((f"{kind} band {n}", band))
+    return save_panels(png, panels, suptitle=Path(prediction).name, cmap="viridis")
+
+
+__all__ = ["frames_from_inputs", "imputation_predictor", "predict_checkpoint", "scene_quicklook",
+           "segmentation_predictor"]

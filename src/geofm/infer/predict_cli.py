@@ -1,0 +1,55 @@
+"""``geofm predict --checkpoint CKPT --inputs FRAMES... --out OUT.tif``: a whole scene to a GeoTIFF."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="fine-tuned export folder (config.json + model.safetensors)")
+    p.add_argument("--inputs", nargs="+", required=True,
+                   help="one frame per time step: HLS band files / granule folders, or stacked GeoTIFFs")
+    p.add_argument("--out", required=True, help="output GeoTIFF (Cloud-Optimized)")
+    p.add_argument("--tile", type=int, default=224, help="tile size in px (0: the model's training size)")
+    p.add_argument("--overlap", type=int, default=32, help="px shared by neighbouring tiles (blended)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--probabilities", action="store_true", help="write per-class probabilities, not a class map")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--quicklook", nargs="?", const=True, default=False, metavar="PNG",
+                   help="also write a PNG quicklook (default path: OUT with .png)")
+    p.add_argument("--block", type=int, default=512, help="output block size in px (and resume granularity)")
+    p.add_argument("--no-overviews", action="store_true", help="do not add overviews to the output")
+    p.add_argument("--restart", action="store_true", help="ignore finished parts of an interrupted run")
+    p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band of stacked GeoTIFF inputs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from geofm.infer.predict import predict_checkpoint
+    from geofm.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    bar = tqdm(total=0, unit="tile", desc="predict")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    res = predict_checkpoint(args.checkpoint, args.inputs, args.out, tile=args.tile or None, overlap=args.overlap,
+                             batch_size=args.batch_size, probabilities=args.probabilities, device=args.device,
+                             block=args.block, overviews=not args.no_overviews, resume=not args.restart,
+                             quicklook=args.quicklook, stacked_fmask_band=args.stacked_fmask_band,
+                             progress=progress)
+    bar.close()
+    if res.resumed_from_row:
+        print(f"resumed an interrupted run at row {res.resumed_from_row}")
+    print(f"predicted {res.width}x{res.height} px ({res.tiles} tiles) in {res.seconds:.1f} s "
+          f"(model {res.model_seconds:.1f} s) -> {res.path}")
+    if args.quicklook:
+        from pathlib import Path
+
+        png = Path(args.out).with_suffix(".png") if args.quicklook is True else Path(args.quicklook)
+        print(f"quicklook -> {png}")
+    return 0

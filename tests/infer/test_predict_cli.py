@@ -1,0 +1,86 @@
+"""``geofm predict`` with tiny random fine-tuned exports on generated HLS granules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from geofm import cli
+from geofm.bands import HLS_NODATA, MODEL_BANDS, NORM_STATS
+from geofm.data import synthetic
+from geofm.data.hls import cloud_mask, group_granules
+from geofm.errors import DataError
+from geofm.models import build_segmentation_model, create_model, save_finetuned
+
+MEAN, STD = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
+
+
+@pytest.fixture(scope="module")
+def granules(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hls")
+    synthetic.write_time_series(d, size=100, seed=5, cloud_cover=[0.0, 0.25, 0.1], swath_edge=0.05)
+    return d
+
+
+@pytest.fixture(scope="module")
+def seg_export(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_segmentation_model("prithvi_tiny", num_classes=2)
+    return save_finetuned(model, tmp_path_factory.mktemp("seg") / "export", task="segmentation", mean=MEAN, std=STD,
+                          bands=MODEL_BANDS, class_names=["land", "water"], img_size=64)
+
+
+def test_predict_class_map_and_probabilities(tmp_path, granules, seg_export, capsys):
+    out, prob = tmp_path / "flood.tif", tmp_path / "prob.tif"
+    common = ["predict", "--checkpoint", str(seg_export), "--inputs", str(granules), "--tile", "64",
+              "--overlap", "16", "--batch-size", "4", "--block", "32"]
+    assert cli.main([*common, "--out", str(out), "--quicklook"]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted 100x100 px (9 tiles)" in printed and str(out) in printed
+    assert cli.main([*common, "--out", str(prob), "--probabilities"]) == 0
+    b02 = sorted(granules.glob("*.B02.tif"))[0]
+    with rasterio.open(out) as c, rasterio.open(prob) as p, rasterio.open(b02) as src:
+        assert c.crs == src.crs and c.transform == src.transform and c.nodata == 255 and c.dtypes == ("uint8",)
+        assert p.count == 2 and p.descriptions == ("p_land", "p_water") and p.tags()["geofm_task"] == "segmentation"
+        classes, probs, raw = c.read(1), p.read(), src.read(1)
+    nodata = raw == HLS_NODATA
+    assert nodata.any() and (classes[nodata] == 255).all() and set(np.unique(classes[~nodata])) <= {0, 1}
+    np.testing.assert_allclose(probs[:, ~nodata].sum(0), 1.0, atol=1e-5)
+    sure = np.abs(probs[0] - probs[1]) > 1e-4
+    assert (probs.argmax(0)[sure & ~nodata] == classes[sure & ~nodata]).all()
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+def test_predict_imputation_keeps_clear_pixels(tmp_path, granules):
+    torch.manual_seed(0)
+    export = save_finetuned(create_model("prithvi_tiny"), tmp_path / "mae", task="imputation", mean=MEAN, std=STD,
+                            bands=MODEL_BANDS)
+    out = tmp_path / "imputed.tif"
+    assert cli.main(["predict", "--checkpoint", str(export), "--inputs", str(granules), "--out", str(out),
+                     "--tile", "64", "--overlap", "16", "--block", "32", "--quicklook"]) == 0
+    frames, _ = group_granules(map(str, granules.glob("*.tif")))
+    frames.sort(key=lambda f: f.datetime)
+    with rasterio.open(out) as dst:
+        assert dst.count == 18 and dst.dtypes[0] == "int16" and dst.nodata == HLS_NODATA
+        rec = dst.read()
+    for t, f in enumerate(frames):
+        raw = np.stack([rasterio.open(p).read(1) for p, _ in f.sources])
+        nodata = (raw == HLS_NODATA).any(0)
+        hidden = cloud_mask(rasterio.open(f.fmask[0]).read(1)) | nodata
+        got = rec[6 * t: 6 * t + 6]
+        assert (got[:, ~hidden] == raw[:, ~hidden]).all()
+        assert (got[:, nodata] == HLS_NODATA).all()
+        cloudy = hidden & ~nodata
+        if t > 0:  # clouds are replaced by the model's reconstruction: plausible reflectance, not the cloud
+            assert cloudy.sum() > 100
+            assert ((got[:, cloudy] > -2000) & (got[:, cloudy] < 12000)).all()
+            assert (got[:, cloudy] != raw[:, cloudy]).mean() > 0.9
+
+
+def test_predict_rejects_wrong_frame_count(tmp_path, granules, seg_export):
+    one = [str(p) for p in sorted(granules.glob("*.tif"))[:7]]  # a single granule (6 bands + Fmask)
+    with pytest.raises(DataError, match="takes 3 frame"):
+        cli.main(["predict", "--checkpoint", str(seg_export), "--inputs", *one, "--out", str(tmp_path / "x.tif")])
