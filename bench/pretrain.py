@@ -13,7 +13,8 @@ one compute thread per process:
 * ``ddp 2 x zarr``: two processes (gloo) through the same code, ``trainer.strategy=ddp``.
 
 Throughput = samples per second between optimizer step ``--warmup`` and the last step, all
-processes together. Ratios are against cases measured in the same run. Small chips and a small
+processes together; the cases run in ``--repeats`` interleaved rounds and the best round of
+each counts (load from other programs only ever slows a case down). Ratios are against cases measured in the same run. Small chips and a small
 model make the loader's share of the work as large as it gets; at 224 px the model dominates.
 """
 
@@ -122,6 +123,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best round of each case counts")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -133,12 +135,19 @@ def main() -> None:
     print(f"store {store} (305 real 32x32 chips x 8 rotations/flips), model dim {args.dim} x 4 blocks, batch {args.batch_size} "
           f"per process, {args.steps} steps (first {args.warmup} not timed), 1 thread per process, "
           f"{os.cpu_count()} CPUs")
-    mem = run_case("memory (tensors)", args, store, {}, memory=True)
-    z0 = run_case("zarr, 0 workers", args, store, {"data.num_workers": 0})
-    zw = run_case(f"zarr, {args.workers} workers", args, store, {"data.num_workers": args.workers})
-    ddp = run_case("ddp 2 x zarr, 0 workers", args, store,
-                   {"data.num_workers": 0, "trainer.strategy": "ddp", "trainer.devices": 2})
+    cases = [("memory (tensors)", {}, True), ("zarr, 0 workers", {"data.num_workers": 0}, False),
+             (f"zarr, {args.workers} workers", {"data.num_workers": args.workers}, False),
+             ("ddp 2 x zarr, 0 workers", {"data.num_workers": 0, "trainer.strategy": "ddp", "trainer.devices": 2}, False)]
+    best: dict[str, dict] = {}
+    for rep in range(args.repeats):  # interleaved rounds; the best of each case counts (other load only slows)
+        print(f"round {rep + 1}/{args.repeats}")
+        for name, extra, memory in cases:
+            r = run_case(name, args, store, extra, memory)
+            if name not in best or r["samples_per_s"] > best[name]["samples_per_s"]:
+                best[name] = r
+    mem, z0, zw, ddp = (best[c[0]] for c in cases)
     print()
+    print(f"best of {args.repeats} rounds:")
     print(f"| case | samples/s | ratio |")
     print(f"|---|---:|---|")
     print(f"| memory (tensors) | {mem['samples_per_s']:.1f} | 1.00 (baseline) |")

@@ -50,6 +50,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     ("data.bands=[0,1,2]", "expects 6 bands"),
     ("model.overrides.patch_size=5", "not a multiple of the model's patch size"),
     ("model.name=prithvi_huge", "unknown model"),
+    ("model.checkpoint=/nonexistent/model.safetensors", "cannot be found"),
+    ("trainer.max_steps=-1", "set trainer.max_steps"),
 ])
 def test_bad_config_fails_before_any_work(tiny_overrides, tmp_path, override, message):
     out = tmp_path / "run"
@@ -285,3 +287,21 @@ def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
     cfg.trainer.resume = str(tmp_path / "missing.ckpt")
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_resume(cfg, tmp_path)
+
+
+def test_nodata_pixels_do_not_count_in_the_loss():
+    from geofm.tasks.pretrain import MAEPretrainTask
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 1, 32, 32, generator=g)
+    valid = torch.ones(2, 1, 32, 32, dtype=torch.bool)
+    valid[:, :, :12, :20] = False  # a nodata corner, as ChipDataset marks it
+    batch = {"image": x, "valid": valid, "index": torch.tensor([3, 7])}
+    changed = dict(batch, image=torch.where(valid[:, None], x, torch.full_like(x, 50.0)))
+    overrides = {"img_size": 32, "num_frames": 1, "embed_dim": 32, "depth": 1, "decoder_depth": 1}
+    with torch.no_grad():
+        task = MAEPretrainTask("prithvi_tiny", overrides, exclude_nodata=True).eval()
+        # not a target any more: only the (small) effect of the visible nodata pixels as encoder input remains
+        assert task(changed)[0] == pytest.approx(float(task(batch)[0]), rel=1e-2)
+        task.exclude_nodata = False
+        assert task(changed)[0] > 10 * task(batch)[0]
