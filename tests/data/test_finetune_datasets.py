@@ -30,9 +30,11 @@ def test_tiles_splits_subsample():
 
 
 def test_sen1floods11_official_splits(tmp_path):
-    ids = write_sen1floods11(tmp_path, n_chips=4, size=64, splits={"train": [0, 1], "valid": [2], "test": [3]})
-    dm = sen1floods11.Sen1Floods11DataModule(tmp_path, batch_size=2)
+    ids = write_sen1floods11(tmp_path, n_chips=4, size=64,
+                             splits={"train": [0, 1], "valid": [2], "test": [3], "bolivia": [1, 3]})
+    dm = sen1floods11.Sen1Floods11DataModule(tmp_path, batch_size=2, predict_split="bolivia")
     assert [p.id for p in dm.train_set.pairs] == ids[:2] and [p.id for p in dm.test_set.pairs] == ids[3:]
+    assert [p.id for p in dm.predict_set.pairs] == [ids[1], ids[3]]  # the paper's Bolivia hold-out slot
     s = dm.val_set[0]
     assert s["image"].shape == (6, 1, 64, 64) and s["mask"].dtype == torch.int64
     with rasterio.open(tmp_path / "S2Hand" / f"{ids[2]}_S2Hand.tif") as src:
