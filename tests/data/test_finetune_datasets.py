@@ -16,6 +16,15 @@ from geofm.data.transforms import RandomDihedral
 from geofm.errors import DataError
 
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread (two spin-wait when other processes share the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def test_tiles_splits_subsample():
     assert tile_origins(512, 64) == list(range(0, 512, 64))
     assert tile_origins(100, 64) == [0, 36]
@@ -181,3 +190,16 @@ def test_real_fmask_bank_and_imputation_module(tmp_path, shared_data):
         ImputationDataModule(fmask=[str(fmask[0])], patch_size=(1, 8, 8))
     with pytest.raises(DataError, match="no file matches"):
         ImputationDataModule(store=store, fmask=[str(tmp_path / "nothing*.tif")], patch_size=(1, 8, 8))
+
+
+def test_imputation_from_real_geotiff_stack(shared_data):
+    """The real InstaGeo 18-band chip as a 3-frame stack; gaps from the real S30 Fmask."""
+    dm = ImputationDataModule(stacks=[str(shared_data / "instageo" / "chip_178_022.tif")],
+                              fmask=[str(shared_data / "instageo" / "fmask.tif")], patch_size=(1, 8, 8),
+                              min_hidden=0.0)
+    s = dm.test_set[0]
+    assert s["image"].shape == (6, 3, 32, 32)
+    assert not s["valid"][0].any() and s["valid"][1:].all()  # frame 1 of the chip is all -9999
+    with pytest.raises(DataError, match="expected 18 bands .* got 1 in"):
+        ImputationDataModule(stacks=[str(shared_data / "instageo" / "fmask.tif")],
+                             fmask=[str(shared_data / "instageo" / "fmask.tif")], patch_size=(1, 8, 8))
