@@ -15,15 +15,8 @@ from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops,
 from geofm.data.transforms import RandomDihedral
 from geofm.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread (two spin-wait when other processes share the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def test_tiles_splits_subsample():
     assert tile_origins(512, 64) == list(range(0, 512, 64))

@@ -15,15 +15,8 @@ from geofm.models.segmentation import SegmentationModel, default_layers, default
 
 BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread (two spin-wait when other processes share the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def test_tokens_to_map_puts_frames_on_channels():
     b, t, h, w, d = 2, 3, 4, 5, 7
