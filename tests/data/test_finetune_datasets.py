@@ -49,6 +49,15 @@ def test_sen1floods11_official_splits(tmp_path):
     assert crs.to_epsg() == 4326 and transform == tf and cid == ids[2]
 
 
+def test_sen1floods11_official_nesting(tmp_path):
+    root = tmp_path / "v1.1" / "data" / "flood_events" / "HandLabeled"
+    ids = write_sen1floods11(root, n_chips=3, size=32, splits={"train": [0], "valid": [1], "test": [2]})
+    (tmp_path / "v1.1" / "splits").mkdir()  # the official place: v1.1/splits/flood_handlabeled
+    (root / "splits" / "flood_handlabeled").rename(tmp_path / "v1.1" / "splits" / "flood_handlabeled")
+    dm = sen1floods11.Sen1Floods11DataModule(root)
+    assert [p.id for p in dm.val_set.pairs] == [ids[1]] and [p.id for p in dm.test_set.pairs] == [ids[2]]
+
+
 def test_sen1floods11_real_sample_chip_tiles(sample_dir):
     dm = sen1floods11.Sen1Floods11DataModule(sample_dir / "sen1floods11", tile_size=64, augment=False, seed=0)
     sets = [dm.train_set, dm.val_set, dm.test_set]
