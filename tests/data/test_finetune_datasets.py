@@ -15,6 +15,8 @@ from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops,
 from geofm.data.transforms import RandomDihedral
 from geofm.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_tiles_splits_subsample():
     assert tile_origins(512, 64) == list(range(0, 512, 64))
@@ -30,9 +32,11 @@ def test_tiles_splits_subsample():
 
 
 def test_sen1floods11_official_splits(tmp_path):
-    ids = write_sen1floods11(tmp_path, n_chips=4, size=64, splits={"train": [0, 1], "valid": [2], "test": [3]})
-    dm = sen1floods11.Sen1Floods11DataModule(tmp_path, batch_size=2)
+    ids = write_sen1floods11(tmp_path, n_chips=4, size=64,
+                             splits={"train": [0, 1], "valid": [2], "test": [3], "bolivia": [1, 3]})
+    dm = sen1floods11.Sen1Floods11DataModule(tmp_path, batch_size=2, predict_split="bolivia")
     assert [p.id for p in dm.train_set.pairs] == ids[:2] and [p.id for p in dm.test_set.pairs] == ids[3:]
+    assert [p.id for p in dm.predict_set.pairs] == [ids[1], ids[3]]  # the paper's Bolivia hold-out slot
     s = dm.val_set[0]
     assert s["image"].shape == (6, 1, 64, 64) and s["mask"].dtype == torch.int64
     with rasterio.open(tmp_path / "S2Hand" / f"{ids[2]}_S2Hand.tif") as src:
@@ -43,6 +47,15 @@ def test_sen1floods11_official_splits(tmp_path):
     assert s["mask"][0, 0] == -1 and set(s["mask"].unique().tolist()) == {-1, 0, 1}
     crs, transform, cid = dm.val_set.geo(0)
     assert crs.to_epsg() == 4326 and transform == tf and cid == ids[2]
+
+
+def test_sen1floods11_official_nesting(tmp_path):
+    root = tmp_path / "v1.1" / "data" / "flood_events" / "HandLabeled"
+    ids = write_sen1floods11(root, n_chips=3, size=32, splits={"train": [0], "valid": [1], "test": [2]})
+    (tmp_path / "v1.1" / "splits").mkdir()  # the official place: v1.1/splits/flood_handlabeled
+    (root / "splits" / "flood_handlabeled").rename(tmp_path / "v1.1" / "splits" / "flood_handlabeled")
+    dm = sen1floods11.Sen1Floods11DataModule(root)
+    assert [p.id for p in dm.val_set.pairs] == [ids[1]] and [p.id for p in dm.test_set.pairs] == [ids[2]]
 
 
 def test_sen1floods11_real_sample_chip_tiles(sample_dir):
@@ -179,3 +192,16 @@ def test_real_fmask_bank_and_imputation_module(tmp_path, shared_data):
         ImputationDataModule(fmask=[str(fmask[0])], patch_size=(1, 8, 8))
     with pytest.raises(DataError, match="no file matches"):
         ImputationDataModule(store=store, fmask=[str(tmp_path / "nothing*.tif")], patch_size=(1, 8, 8))
+
+
+def test_imputation_from_real_geotiff_stack(shared_data):
+    """The real InstaGeo 18-band chip as a 3-frame stack; gaps from the real S30 Fmask."""
+    dm = ImputationDataModule(stacks=[str(shared_data / "instageo" / "chip_178_022.tif")],
+                              fmask=[str(shared_data / "instageo" / "fmask.tif")], patch_size=(1, 8, 8),
+                              min_hidden=0.0)
+    s = dm.test_set[0]
+    assert s["image"].shape == (6, 3, 32, 32)
+    assert not s["valid"][0].any() and s["valid"][1:].all()  # frame 1 of the chip is all -9999
+    with pytest.raises(DataError, match="expected 18 bands .* got 1 in"):
+        ImputationDataModule(stacks=[str(shared_data / "instageo" / "fmask.tif")],
+                             fmask=[str(shared_data / "instageo" / "fmask.tif")], patch_size=(1, 8, 8))

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "finetune"
 FAST = ["trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.slow
 def test_flood_on_real_chip_fit_test_predict(tmp_path):

@@ -10,6 +10,8 @@ from geofm.tasks.metrics import (
 )
 from geofm.tasks.segmentation import dice_loss
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_scores_from_hand_made_confusion():
     # rows = labels, columns = predictions

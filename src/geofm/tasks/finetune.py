@@ -16,6 +16,7 @@ Paths in a config may start with ``{sample}`` (the repository's ``data/sample``)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -219,8 +220,6 @@ def build_task(cfg: FinetuneConfig, dm):
     optim = dict(strategy=o.strategy, lr=o.lr, weight_decay=o.weight_decay, scheduler=o.scheduler,
                  warmup_epochs=o.warmup_epochs, min_lr_ratio=o.min_lr_ratio)
     checkpoint = resolve_path(m.checkpoint)
-    if o.strategy != "scratch" and checkpoint is None:
-        log.warning("strategy %r without model.checkpoint: the encoder starts from random weights", o.strategy)
     if cfg.task == "imputation":
         from geofm.tasks.imputation import ImputationTask
 
@@ -301,6 +300,11 @@ def run_finetune(cfg: FinetuneConfig, stage: str = "fit") -> Path:
     save_config(cfg, run_dir / ("config.yaml" if stage == "fit" else f"config_{stage}.yaml"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg, run_dir, model_patch_size(cfg) if cfg.task == "imputation" else None)
+    if stage == "fit" and cfg.optim.strategy != "scratch" and cfg.model.checkpoint is None:
+        log.warning("strategy %r without model.checkpoint: the encoder starts from random weights",
+                    cfg.optim.strategy)
+    if stage != "fit" and cfg.model.name is not None:  # weights come from the export: skip the checkpoint
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=None))
     task = build_task(cfg, dm)
     key = main_metric(cfg.task)
     t0 = time.perf_counter()
@@ -394,7 +398,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.strategy=frozen")
 
 
+def quiet_lightning(verbose: int = 0) -> None:
+    """Keep Lightning's start-up chatter (accelerator banners, tips) out of the CLI output unless -v."""
+    if not verbose:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
+    quiet_lightning(getattr(args, "verbose", 0))
     cfg = load_finetune_config(args.config, args.overrides)
     cfg.trainer.progress_bar = True
     print(f"geofm finetune: {cfg.task} on {cfg.data.dataset}, strategy {cfg.optim.strategy}, "

@@ -54,10 +54,12 @@ def chip_id(name: str) -> str:
 
 
 def find_split_file(root: Path, split: str, split_dir: Path | None = None) -> Path | None:
-    """The split list (``.csv`` or ``.txt``) of ``split`` in ``split_dir``, under ``root``, or None."""
+    """The split list (``.csv`` or ``.txt``) of ``split`` in ``split_dir``, under ``root``, in the official
+    ``v1.1/splits/flood_handlabeled`` beside ``v1.1/data/flood_events/HandLabeled``, or None."""
     stem = SPLIT_FILES[split]
+    official = root.parents[2] / "splits" / "flood_handlabeled" if len(root.parents) > 2 else root
     dirs = [split_dir] if split_dir is not None else [root, root / "splits", root / "splits" / "flood_handlabeled",
-                                                       root.parent.parent / "splits" / "flood_handlabeled"]
+                                                       official]
     for d in dirs:
         for ext in (".csv", ".txt"):
             if d is not None and (d / f"{stem}{ext}").is_file():
