@@ -55,7 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    from geofm.errors import GeofmError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except GeofmError as e:  # bad input or config: a clear message, no traceback (-vv shows it)
+        if args.verbose >= 2:
+            raise
+        print(f"geofm {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
