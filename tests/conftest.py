@@ -27,3 +27,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (fresh clone): skipping a test on shared sample files")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tiny models: as fast as two alone, and far faster when other processes
+    share the cores (OpenMP workers spin-wait for each other). Use with ``pytest.mark.usefixtures``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

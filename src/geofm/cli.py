@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module with add_arguments/run, one-line help)
@@ -19,8 +20,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("geofm.data.ingest_cli", "HLS scenes -> filtered chips in a Zarr store (Dask, resumable)"),
     "explore": ("geofm.data.explore", "summary statistics and plots of a chip store"),
     "sample": ("geofm.data.sampling", "stratified sample of a chip store -> index for the loader"),
+    "pretrain": ("geofm.tasks.pretrain", "MAE pretraining on a chip store (Lightning: DDP/FSDP, exact resume)"),
+    "finetune": ("geofm.tasks.finetune", "fine-tune on a downstream task (fit/validate/test/predict) from a YAML"),
+    "experiment": ("geofm.tasks.experiment", "data-efficiency grid: strategies x label fractions x seeds -> CSV + plots"),
     "predict": ("geofm.infer.predict_cli", "predict a whole scene with a fine-tuned model -> GeoTIFF (COG)"),
 }
+
+#: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).
+NOISY_LOGGERS = ("distributed", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:  # engines that configure their own INFO handlers: keep their chatter for -vv
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        # distributed sets its loggers' levels from its config when first imported (later, lazily)
+        os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
     if args.command is None:
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    from geofm.errors import GeofmError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except GeofmError as e:  # bad input or config: a clear message, no traceback (-vv shows it)
+        if args.verbose >= 2:
+            raise
+        print(f"geofm {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

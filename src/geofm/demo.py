@@ -1,7 +1,20 @@
 """``geofm demo``: the main job end to end on the bundled sample data.
 
-Step "mae": a small Prithvi MAE learns to reconstruct a real 30 m HLS chip (bundled from
-TerraTorch's test resources, UTM 14N) and writes input / masked input / reconstruction.
+Steps (each prints what it did and where its outputs are):
+
+1. ``granules``: generate a small HLS S30 time series of MGRS tile 10SEG (3 dates, six
+   band COGs + Fmask each, real UTM 10N grid) and a land-cover map on the same grid.
+2. ``ingest``: Dask LocalCluster ingest of the granules into a sharded Zarr v3 chip store,
+   rejecting cloudy and nodata chips from Fmask.
+3. ``explore``: summary JSON and PNGs of the store.
+4. ``sample``: stratified sample over land cover, with the before/after distribution.
+5. ``pretrain``: tiny Prithvi MAE pretraining (Lightning) on real sample chips (the bundled
+   HLS and Sen1Floods11 S2 chips cut into 32 px chips), with reconstruction quicklooks.
+6. ``finetune``: flood mapping on the real Sen1Floods11 chip (64 px tiles, seeded split),
+   starting from the step-5 encoder; test scores, GeoTIFF predictions and PNGs.
+7. ``predict``: whole-scene prediction with the fine-tuned model, written window by window
+   to georeferenced COGs: the 512 px Sen1Floods11 S2 scene (EPSG:4326) and one generated
+   10SEG granule read from its per-band files (UTM 10N), each with a PNG.
 """
 
 from __future__ import annotations
@@ -12,13 +25,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
-SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "data" / "sample"
 HLS_CHIP = SAMPLE / "hls_chip" / "regression_test_0_input.tif"
 HLS_CHIP_BANDS = (2, 3, 4, 5, 6, 7)  # 1-based: Blue, Green, Red, NIR, SWIR1, SWIR2
+S2_MODEL_BANDS = (2, 3, 4, 9, 12, 13)  # 1-based in a 13-band S2 L1C stack: B2, B3, B4, B8A, B11, B12
+
 
 
 def read_hls_chip(path: Path = HLS_CHIP) -> tuple[np.ndarray, dict]:
@@ -31,71 +46,178 @@ def read_hls_chip(path: Path = HLS_CHIP) -> tuple[np.ndarray, dict]:
     return image, profile
 
 
-def mae_reconstruction(out_dir: Path, steps: int = 300, seed: int = 0) -> dict:
-    """Fit a tiny MAE on augmented views of one real chip; save a reconstruction PNG."""
-    from geofm.bands import norm_stats
-    from geofm.models import create_model
-    from geofm.viz import rgb_stretch, save_panels, stretch_limits
+def _metric_curve(csv_path: Path, column: str) -> list[float]:
+    import csv
 
-    torch.manual_seed(seed)
-    image, profile = read_hls_chip()
-    mean, std = (np.array(s, dtype=np.float32)[:, None, None] for s in norm_stats("v1"))
-    x = torch.from_numpy((image - mean) / std)[:, None]  # (C, T=1, H, W)
-    model = create_model("prithvi_tiny", img_size=224, num_frames=1, patch_size=16, embed_dim=128, depth=4,
-                         num_heads=4, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    losses = []
+    with open(csv_path) as f:
+        return [float(r[column]) for r in csv.DictReader(f) if r.get(column) not in (None, "")]
+
+
+def step_pretrain(out: Path, steps: int) -> dict:
+    """Tiny MAE pretraining (configs/pretrain/tiny.yaml) on the real sample chips."""
+    from geofm.tasks.pretrain import load_pretrain_config, run_pretrain
+
+    cfg = load_pretrain_config(REPO / "configs" / "pretrain" / "tiny.yaml", [
+        f"data.store={out / 'stores' / 'sample_chips32.zarr'}", f"out_dir={out / 'pretrain'}",
+        f"trainer.max_steps={steps}", f"trainer.quicklook_every={max(1, steps // 2)}",
+        f"trainer.checkpoint_every={max(1, steps // 2)}"])
+    run_dir = Path(run_pretrain(cfg))
+    csvs = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    loss = _metric_curve(csvs[-1], "train/loss") if csvs else []
+    val = _metric_curve(csvs[-1], "val/loss") if csvs else []
+    k = max(1, len(loss) // 5)
+    pngs = sorted((run_dir / "quicklooks").glob("*.png"))
+    return {"run_dir": run_dir, "export": run_dir / "export", "first_loss": sum(loss[:k]) / k if loss else None,
+            "last_loss": sum(loss[-k:]) / k if loss else None, "val_loss": val[-1] if val else None,
+            "quicklook": pngs[-1] if pngs else None}
+
+
+def step_finetune(out: Path, encoder: Path, epochs: int) -> dict:
+    """Flood fine-tuning (configs/finetune/tiny_flood.yaml) from the pretrained encoder, then predictions."""
+    import json
+
+    from geofm.tasks.finetune import load_finetune_config, run_finetune
+
+    cfg = load_finetune_config(REPO / "configs" / "finetune" / "tiny_flood.yaml", [
+        f"model.checkpoint={encoder}", "model.name=null", f"run_dir={out / 'finetune'}",
+        f"trainer.max_epochs={epochs}"])
+    export = Path(run_finetune(cfg, "fit"))
+    preds = Path(run_finetune(cfg, "predict"))
+    scores = json.loads((export.parent / "metrics.json").read_text())["test"]
+    return {"export": export, "predictions": preds, "scores": scores,
+            "tifs": len(list(preds.glob("*.tif"))), "pngs": len(list(preds.glob("*.png")))}
+
+
+def step_predict(out: Path, export: Path, granules: Path) -> list[dict]:
+    """Whole-scene flood maps: the Sen1Floods11 S2 scene (stacked bands) and one generated granule."""
+    import rasterio
+
+    from geofm.data.hls import stacked_frame
+    from geofm.infer.predict import predict_checkpoint
+
+    s2 = SAMPLE / "sen1floods11" / "S2Hand" / "Spain_7370579_S2Hand.tif"
+    one_date = sorted(granules.glob("HLS.S30.T10SEG.*.tif"))[:7]  # the first granule: 6 bands + Fmask
+    jobs = [("flood_map_spain.tif", [stacked_frame(str(s2), S2_MODEL_BANDS)]),
+            ("flood_map_10SEG.tif", [str(p) for p in one_date])]
+    results = []
+    for name, inputs in jobs:
+        res = predict_checkpoint(export, inputs, out / name, tile=64, overlap=16, batch_size=8, quicklook=True)
+        with rasterio.open(out / name) as src:
+            crs = src.crs.to_string()
+        results.append({"tif": out / name, "png": (out / name).with_suffix(".png"), "result": res, "crs": crs})
+    return results
+
+
+def step_granules(out: Path, size: int) -> dict:
+    """Generate 3 S30 granules of 10SEG (size x size px) and a land-cover map on their grid."""
+    from geofm.data import synthetic
+
+    gdir = out / "granules"
+    paths = synthetic.write_time_series(gdir, tile="10SEG", size=size, seed=11,
+                                        cloud_cover=[0.0, 0.02, 0.1], swath_edge=0.08)
+    lc = synthetic.write_landcover(out / "landcover_10SEG.tif", tile="10SEG", size=size)
+    return {"dir": gdir, "files": len(paths), "landcover": lc}
+
+
+def step_ingest(out: Path, granules: Path, landcover: Path, chip: int, scheduler: str | None) -> dict:
+    from geofm.data.ingest import IngestConfig, ingest
+
+    cfg = IngestConfig(chip_size=chip, frames=3, max_cloud=0.05, max_nodata=0.0, landcover=str(landcover))
+    res = ingest([str(granules)], str(out / "chips.zarr"), cfg, scheduler=scheduler, n_workers=2)
+    return {"store": res.store, "chips": res.chips, "rejected": res.rejected, "seconds": res.seconds,
+            "already": res.already_complete}
+
+
+def step_explore(out: Path, store: str) -> dict:
+    from geofm.data.explore import explore
+
+    summary = explore(store, out / "explore")
+    return {"dir": out / "explore", "summary": summary}
+
+
+def step_sample(out: Path, store: str, n: int) -> dict:
+    from geofm.data import store as chip_store
+    from geofm.data.sampling import plot_report, stratified_sample, write_index
+
+    meta = chip_store.read_metadata(store)
+    slots, report = stratified_sample(meta, ["landcover"], n, seed=0)
+    index = write_index(out / "sample_index.parquet", slots, report)
+    png = plot_report(report, index.with_suffix(".png"))
+    return {"index": index, "png": png, "report": report}
+
+
+def run_demo(out: str | Path, *, size: int = 600, chip: int = 64, pretrain_steps: int = 300,
+             finetune_epochs: int = 8, scheduler: str | None = None, echo=print) -> dict:
+    """Run every step of the demo into ``out``; returns what each step produced.
+
+    ``scheduler``: None starts a Dask LocalCluster for the ingest, ``"sync"`` runs it in-process.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    n_steps = 7
     t0 = time.perf_counter()
-    model.train()
-    for step in range(steps):
-        views = []
-        for _ in range(4):  # dihedral augmentations of the one chip
-            v = torch.rot90(x, int(torch.randint(4, ())), dims=(2, 3))
-            views.append(v.flip(3) if torch.rand(()) < 0.5 else v)
-        loss, _, _ = model(torch.stack(views), mask_ratio=0.75)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        noise = torch.rand(1, model.encoder.num_tokens, generator=g)
-        loss, pred, mask = model(x[None], mask_ratio=0.75, noise=noise)
-        recon = model.unpatchify(pred, x[None].shape)[0, :, 0].numpy() * std + mean
-        pasted = model.reconstruct(x[None], pred, mask)[0, :, 0].numpy() * std + mean
-    pix_mask = model.unpatchify(mask[:, :, None].expand(-1, -1, pred.shape[-1]), x[None].shape)[0, 0, 0].numpy() > 0
-    limits = stretch_limits(image)
-    masked_rgb = rgb_stretch(image, limits=limits)
-    masked_rgb[pix_mask] = 0.5
-    path = save_panels(out_dir / "mae_reconstruction.png", [
-        ("input (HLS RGB)", rgb_stretch(image, limits=limits)),
-        ("masked input (75 %)", masked_rgb),
-        ("reconstruction", rgb_stretch(recon, limits=limits)),
-        ("reconstruction + visible", rgb_stretch(pasted, limits=limits)),
-    ], suptitle=f"Prithvi MAE on a real HLS chip ({profile['crs'].to_string()}, 30 m); masked-patch MSE "
-                f"{loss.item():.3f} (normalized units) after {steps} steps")
-    rmse = float(np.sqrt(np.mean((recon - image)[:, pix_mask] ** 2)))
-    return {"png": str(path), "first_loss": float(np.mean(losses[:10])), "last_loss": float(np.mean(losses[-10:])),
-            "eval_loss": loss.item(), "masked_rmse_reflectance": rmse, "seconds": time.perf_counter() - t0}
+
+    echo(f"[1/{n_steps}] Generating an HLS S30 time series of MGRS tile 10SEG ({size} px, 3 dates, UTM 10N) ...")
+    g = results["granules"] = step_granules(out, size)
+    echo(f"      wrote {g['files']} band/Fmask COGs to {g['dir']} and {g['landcover']}")
+
+    echo(f"[2/{n_steps}] Ingesting them into a Zarr v3 chip store ({chip} px chips, 3 frames, Dask) ...")
+    i = results["ingest"] = step_ingest(out, g["dir"], g["landcover"], chip, scheduler)
+    if i["already"]:
+        echo(f"      {i['store']} is already complete ({i['chips']} chips): nothing to redo")
+    else:
+        echo(f"      {i['chips']} chips kept; rejected {i['rejected'].get('cloud', 0)} cloudy and "
+             f"{i['rejected'].get('nodata', 0)} with nodata in {i['seconds']:.1f} s -> {i['store']}")
+
+    echo(f"[3/{n_steps}] Exploring the store ...")
+    e = results["explore"] = step_explore(out, i["store"])
+    s = e["summary"]
+    echo(f"      {s['chips']} chips, lat {s['lat']['min']:.2f}..{s['lat']['max']:.2f}, mean cloud "
+         f"{s['cloud_frac']['mean']:.3f}, land cover {s['landcover']} -> {e['dir']}/summary.json + 5 PNGs")
+
+    echo(f"[4/{n_steps}] Stratified sample over land cover ...")
+    n = max(1, s["chips"] // 2)
+    sm = results["sample"] = step_sample(out, i["store"], n)
+    before = "/".join(str(v) for v in sm["report"]["before"].values())
+    after = "/".join(str(v) for v in sm["report"]["after"].values())
+    echo(f"      {before} -> {after} chips per land-cover class -> {sm['index']}, {sm['png']}")
+
+    echo(f"[5/{n_steps}] Tiny MAE pretraining ({pretrain_steps} steps) on real sample chips "
+         "(HLS + Sentinel-2, 32 px) ...")
+    p = results["pretrain"] = step_pretrain(out, pretrain_steps)
+    if p["first_loss"] is not None:
+        echo(f"      train loss {p['first_loss']:.3f} -> {p['last_loss']:.3f}, val loss "
+             f"{p['val_loss'] if p['val_loss'] is None else round(p['val_loss'], 3)}")
+    echo(f"      encoder export {p['export']}; reconstructions {p['quicklook']}")
+
+    echo(f"[6/{n_steps}] Flood fine-tuning ({finetune_epochs} epochs) on the real Sen1Floods11 chip "
+         "from that encoder ...")
+    f = results["finetune"] = step_finetune(out, p["export"], finetune_epochs)
+    sc = f["scores"]
+    echo(f"      test tiles: mIoU {sc.get('test/mIoU', float('nan')):.3f}, water IoU "
+         f"{sc.get('test/IoU_water', float('nan')):.3f}, aAcc {sc.get('test/aAcc', float('nan')):.3f}; "
+         f"{f['tifs']} GeoTIFFs + {f['pngs']} PNGs in {f['predictions']}; model {f['export']}")
+
+    echo(f"[7/{n_steps}] Whole-scene flood maps, written window by window as COGs ...")
+    maps = results["predict"] = step_predict(out, f["export"], g["dir"])
+    for m in maps:
+        r = m["result"]
+        echo(f"      {m['tif']} ({r.width}x{r.height} px, {m['crs']}, {r.tiles} tiles in {r.seconds:.1f} s) + {m['png']}")
+    echo(f"done in {time.perf_counter() - t0:.0f} s; outputs in {out}")
+    return results
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs/demo", help="output folder")
-    p.add_argument("--steps", type=int, default=300, help="MAE training steps of the reconstruction step")
+    p.add_argument("--size", type=int, default=600, help="side of the generated HLS granules (px)")
+    p.add_argument("--pretrain-steps", type=int, default=300, help="MAE pretraining steps")
+    p.add_argument("--finetune-epochs", type=int, default=8, help="flood fine-tuning epochs")
 
 
 def run(args: argparse.Namespace) -> int:
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/1] MAE reconstruction of a real HLS chip ({HLS_CHIP.name}, bands 2-7) ...", flush=True)
-    r = mae_reconstruction(out, steps=args.steps)
-    print(f"      loss {r['first_loss']:.3f} -> {r['last_loss']:.3f} in {r['seconds']:.0f} s; "
-          f"held-out masking: MSE {r['eval_loss']:.3f}, RMSE {r['masked_rmse_reflectance']:.0f} (reflectance x10000)")
-    print(f"      wrote {r['png']}")
+    run_demo(args.out, size=args.size, pretrain_steps=args.pretrain_steps, finetune_epochs=args.finetune_epochs)
     return 0

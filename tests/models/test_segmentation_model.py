@@ -15,6 +15,8 @@ from geofm.models.segmentation import SegmentationModel, default_layers, default
 
 BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_tokens_to_map_puts_frames_on_channels():
     b, t, h, w, d = 2, 3, 4, 5, 7

@@ -44,7 +44,7 @@ def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
 
 def conv_norm_act(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Sequential:
     """Conv2d (same padding, no bias) + GroupNorm + ReLU (GroupNorm: fine with batches of 1 on CPU)."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if out_ch % g == 0)
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if out_ch % g == 0 and (out_ch // g >= 2 or g == 1))
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
                          nn.GroupNorm(groups, out_ch), nn.ReLU(inplace=True))
 

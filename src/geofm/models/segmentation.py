@@ -265,8 +265,9 @@ def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
         problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
                      if k in own and v.shape != own[k].shape]
         if problems:
+            more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
             raise CheckpointError(f"'{weights}' does not fit the model described by '{cfg_file}': "
-                                  + "; ".join(problems[:8]) + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+                                  + "; ".join(problems[:8]) + more)
         model.load_state_dict(sd)
     model.eval()
     info = FinetunedInfo(

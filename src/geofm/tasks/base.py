@@ -1,0 +1,114 @@
+"""What the fine-tuning LightningModules share: strategies, optimizer and learning-rate schedule.
+
+Strategies: ``full`` (every weight trains, encoder from the checkpoint), ``frozen`` (the
+encoder's weights are fixed and it stays in eval mode; neck/head or MAE decoder train),
+``scratch`` (same network, random initialisation, every weight trains).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+STRATEGIES = ("full", "frozen", "scratch")
+
+
+def build_mae(name: str | None, checkpoint: str | None, strategy: str, encoder_only: bool = False, **options):
+    """The :class:`~geofm.models.PrithviMAE` a strategy starts from: weights from ``checkpoint``, or
+    (``scratch``) its architecture only, randomly initialised (``name=None``: taken from the checkpoint).
+    ``encoder_only`` accepts checkpoints without a decoder (segmentation uses only the encoder)."""
+    from geofm.models.checkpoints import read_checkpoint
+    from geofm.models.mae import PrithviMAE
+    from geofm.models.presets import build_config, create_model
+
+    if strategy != "scratch":
+        return create_model(name, checkpoint, encoder_only=encoder_only, **options)
+    if name is not None or checkpoint is None:
+        return create_model(name, None, **options)
+    return PrithviMAE(build_config(None, read_checkpoint(checkpoint).config or {}, **options))
+
+
+SCHEDULERS = ("cosine", "poly", "constant")
+
+
+class FinetuneModule(pl.LightningModule):
+    """Base: ``self.model`` has an ``encoder``; applies the strategy and builds AdamW + schedule."""
+
+    model: nn.Module
+
+    def __init__(self, *, strategy: str = "full", lr: float = 1e-4, weight_decay: float = 0.05,
+                 scheduler: str = "cosine", warmup_epochs: float = 0.0, min_lr_ratio: float = 0.0):
+        super().__init__()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        self.strategy = strategy
+        self.lr, self.weight_decay = lr, weight_decay
+        self.scheduler_name, self.warmup_epochs, self.min_lr_ratio = scheduler, warmup_epochs, min_lr_ratio
+
+    def apply_strategy(self) -> None:
+        """Call once ``self.model`` exists: freezes the encoder for ``frozen``."""
+        if self.strategy == "frozen":
+            self.model.encoder.requires_grad_(False)
+            self.model.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.strategy == "frozen" and hasattr(self, "model"):
+            self.model.encoder.eval()  # dropout/drop-path off, as a fixed feature extractor
+        return self
+
+    # evaluation: subclasses implement _eval_step(batch, stage) and _eval_epoch_end(stage)
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        raise NotImplementedError
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        warmup = int(round(self.warmup_epochs * total / epochs))
+        kind, floor = self.scheduler_name, self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            if kind == "cosine":
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+            if kind == "poly":
+                return floor + (1 - floor) * (1 - t)
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+__all__ = ["FinetuneModule", "SCHEDULERS", "STRATEGIES"]

@@ -1,0 +1,186 @@
+"""``geofm experiment``: the paper's data-efficiency grid (strategy × label fraction × seed) as one command.
+
+Each run is ``run_finetune(cfg, "fit")`` in ``<out>/<strategy>/frac<f>/seed<s>``; a run whose
+``metrics.json`` exists is skipped, so an interrupted grid resumes where it stopped. The data
+split is the same for every run (``data.split_seed``); the seed changes the label subsample,
+the initialisation of new layers and the batch order. Outputs in ``<out>``:
+
+* ``results.csv`` — one row per run: strategy, label_fraction, seed, training samples,
+  best epoch, fit seconds and every validation/test score;
+* ``data_efficiency.png`` — test score vs label fraction per strategy, mean ± std over seeds;
+* ``curves.png`` — validation score per epoch of each strategy at the largest fraction
+  (mean over seeds): pretrained (``full``/``frozen``) vs ``scratch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from geofm.io import atomic_path
+from geofm.tasks.finetune import (
+    load_finetune_config, main_metric, read_epoch_metrics, run_dir_of, run_finetune,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_key(strategy: str, fraction: float, seed: int) -> str:
+    return f"{strategy}/frac{fraction:g}/seed{seed}"
+
+
+def run_experiment(config: str | Path, strategies: Sequence[str] = ("full", "frozen", "scratch"),
+                   fractions: Sequence[float] = (1.0, 0.5, 0.25, 0.1), seeds: int = 3,
+                   overrides: Sequence[str] = (), out_dir: str | Path | None = None,
+                   progress=None) -> dict[str, Path]:
+    """Run (or resume) the grid; returns the paths of ``results.csv``, ``data_efficiency.png``, ``curves.png``."""
+    base = load_finetune_config(config, list(overrides))
+    out = Path(out_dir) if out_dir is not None else Path("outputs/experiments") / base.name
+    out.mkdir(parents=True, exist_ok=True)
+    key = main_metric(base.task)
+    grid = [(s, float(f), seed) for s in strategies for f in fractions for seed in range(seeds)]
+    rows = []
+    for n, (strategy, fraction, seed) in enumerate(grid):
+        run_dir = out / run_key(strategy, fraction, seed)
+        cfg = load_finetune_config(config, [*overrides, f"optim.strategy={strategy}",
+                                            f"data.label_fraction={fraction}", f"seed={seed}", f"run_dir={run_dir}"])
+        metrics_file = run_dir_of(cfg) / "metrics.json"
+        if metrics_file.is_file():
+            log.info("skipping finished run %s", run_key(strategy, fraction, seed))
+        else:
+            log.info("run %d/%d: %s", n + 1, len(grid), run_key(strategy, fraction, seed))
+            run_finetune(cfg, "fit")
+        m = json.loads(metrics_file.read_text())
+        row = {"strategy": strategy, "label_fraction": fraction, "seed": seed, "n_train": m.get("n_train"),
+               "best_epoch": m.get("best_epoch"), "fit_seconds": round(float(m.get("fit_seconds", 0)), 2)}
+        row.update({k: v for k, v in m.get("val", {}).items()})
+        row.update({k: v for k, v in m.get("test", {}).items()})
+        rows.append(row)
+        if progress is not None:
+            progress(n + 1, len(grid), row)
+    paths = {"csv": write_results(rows, out / "results.csv")}
+    paths["plot"] = plot_data_efficiency(rows, out / "data_efficiency.png", f"test/{key}", base.name)
+    paths["curves"] = plot_curves(out, strategies, max(fractions), seeds, f"val/{key}", base.name)
+    return paths
+
+
+def write_results(rows: list[dict], path: Path) -> Path:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+    return path
+
+
+def summarize(rows: list[dict], column: str) -> dict[str, list[tuple[float, float, float, int]]]:
+    """strategy -> [(fraction, mean, std, n)] of ``column`` over seeds, by increasing fraction."""
+    out: dict[str, list] = {}
+    for s in dict.fromkeys(r["strategy"] for r in rows):
+        pts = []
+        for f in sorted({r["label_fraction"] for r in rows if r["strategy"] == s}):
+            vals = np.array([float(r[column]) for r in rows
+                             if r["strategy"] == s and r["label_fraction"] == f and r.get(column) is not None])
+            if len(vals):
+                pts.append((f, float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, len(vals)))
+        out[s] = pts
+    return out
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_data_efficiency(rows: list[dict], path: Path, column: str, title: str) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for strategy, pts in summarize(rows, column).items():
+        f, mean, std, _ = map(np.array, zip(*pts))
+        ax.errorbar(f * 100, mean, yerr=std, marker="o", capsize=3, label=strategy)
+    ax.set_xscale("log")
+    ticks = sorted({r["label_fraction"] * 100 for r in rows})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training labels used (%)")
+    ax.set_ylabel(f"{column} (mean ± std over seeds)")
+    ax.set_title(f"{title}: data efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(out: Path, strategies: Sequence[str], fraction: float, seeds: int, column: str, title: str) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for strategy in strategies:
+        series = [dict(read_epoch_metrics(out / run_key(strategy, float(fraction), s) / "logs" / "metrics.csv",
+                                          column)) for s in range(seeds)]
+        epochs = sorted(set().union(*series))
+        if not epochs:
+            continue
+        mean = [np.mean([s[e] for s in series if e in s]) for e in epochs]
+        init = "random init" if strategy == "scratch" else "pretrained"
+        ax.plot(epochs, mean, marker=".", label=f"{strategy} ({init})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{column} (mean over seeds)")
+    ax.set_title(f"{title}: validation per epoch, {fraction * 100:g} % labels")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "curves.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="fine-tuning YAML (configs/finetune/<task>.yaml)")
+    p.add_argument("--strategies", default="full,frozen,scratch", help="comma-separated: full, frozen, scratch")
+    p.add_argument("--label-fractions", default="1,0.5,0.25,0.1", help="comma-separated fractions in (0, 1]")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per (strategy, fraction)")
+    p.add_argument("--out", default=None, help="experiment folder (default outputs/experiments/<name>)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from geofm.tasks.finetune import quiet_lightning
+
+    quiet_lightning(getattr(args, "verbose", 0))
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]
+    bar = tqdm(total=len(strategies) * len(fractions) * args.seeds, desc="runs", unit="run")
+
+    def progress(done, total, row):
+        bar.update(1)
+        bar.set_postfix_str(f"{row['strategy']} {row['label_fraction']:g} seed {row['seed']}")
+
+    paths = run_experiment(args.config, strategies, fractions, args.seeds, args.overrides, args.out, progress)
+    bar.close()
+    for k, p in paths.items():
+        print(f"{k}: {p}")
+    return 0
+
+
+__all__ = ["run_experiment", "summarize"]

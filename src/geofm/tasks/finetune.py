@@ -1,0 +1,427 @@
+"""``geofm finetune``: fit / validate / test / predict one downstream task from a YAML config.
+
+>>> cfg = load_finetune_config("configs/finetune/tiny_flood.yaml", ["optim.strategy=frozen"])
+>>> export_dir = run_finetune(cfg, stage="fit")   # doctest: +SKIP
+
+A run folder (``run_dir``, default ``outputs/finetune/<name>``) receives ``config.yaml`` (the
+resolved configuration), ``logs/metrics.csv`` (per-step/epoch curves), ``checkpoints/``
+(Lightning), ``metrics.json`` (best validation and test scores), ``export/`` (the fine-tuned
+model: :func:`geofm.models.save_finetuned`) and, for ``predict``, ``predictions/`` (GeoTIFFs +
+PNG quicklooks).
+
+Paths in a config may start with ``{sample}`` (the repository's ``data/sample``),
+``{shared}`` (``../shared/data`` beside the checkout) or ``{run_dir}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from geofm.config import load_config, save_config, to_dict
+from geofm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[3]
+SAMPLE = REPO / "data" / "sample"
+SHARED = REPO.parent / "shared" / "data"
+STAGES = ("fit", "validate", "test", "predict")
+
+
+# --------------------------------------------------------------------------- configuration schema
+@dataclass
+class DataSection:
+    dataset: Literal["sen1floods11", "burn_scars", "crops", "imputation"] = "sen1floods11"
+    root: str | None = None  # segmentation datasets: the dataset folder
+    split_dir: str | None = None  # Sen1Floods11 split CSV folder (default: searched under root)
+    tile_size: int | None = None  # split chips into tiles (all splits)
+    crop_size: int | None = None  # random training crops
+    eval_tile_size: int | None = None  # tiles for val/test (default: tile_size)
+    batch_size: int = 4
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    label_fraction: float = 1.0
+    split_seed: int = 0  # seeds the splits of datasets without official ones (fixed across runs)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    augment: bool = True
+    mean: list[float] | None = None  # per band, reflectance x10000 (default: the dataset's)
+    std: list[float] | None = None
+    predict_split: str = "test"
+    # imputation only
+    store: str | None = None
+    stacks: list[str] = field(default_factory=list)
+    stack_frames: int = 3
+    fmask: list[str] = field(default_factory=list)
+    generate: bool = False  # synthesize an HLS series + store under {run_dir}/data (demos, tests)
+    generate_size: int = 128
+    gap_frames: list[int] | None = None
+    patch_threshold: float = 0.0
+    min_hidden: float = 0.02
+
+
+@dataclass
+class ModelSection:
+    name: str | None = "prithvi_eo_v1_100m"  # preset; null: architecture from the checkpoint
+    checkpoint: str | None = None  # official checkpoint, HF folder, geofm pretraining export, or null
+    finetuned: str | None = None  # a fine-tuned export to validate/test/predict with (default: run_dir/export)
+    options: dict[str, Any] = field(default_factory=dict)  # encoder option overrides (embed_dim, img_size ...)
+    neck: Literal["reference", "upernet"] = "reference"
+    neck_channels: list[int] | None = None  # reference: width per x2 step; upernet: [width]
+    layers: list[int] | None = None  # upernet: the 4 encoder blocks
+    head_channels: int = 64
+    head_convs: int = 1
+    dropout: float = 0.1
+
+
+@dataclass
+class OptimSection:
+    strategy: Literal["full", "frozen", "scratch"] = "full"
+    loss: Literal["ce", "dice", "ce+dice", "l1", "l2"] = "ce"
+    class_weights: list[float] | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    scheduler: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainerSection:
+    max_epochs: int = 50
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: float | None = None
+    gradient_clip_val: float | None = None
+    deterministic: bool = False
+    progress_bar: bool = False
+
+
+@dataclass
+class PredictSection:
+    quicklooks: int = 8  # PNG quicklooks written (GeoTIFFs are written for every sample)
+
+
+@dataclass
+class FinetuneConfig:
+    task: Literal["segmentation", "imputation"] = "segmentation"
+    name: str = "finetune"
+    run_dir: str = "outputs/finetune/{name}"
+    seed: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    predict: PredictSection = field(default_factory=PredictSection)
+
+
+def load_finetune_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> FinetuneConfig:
+    """Read and check a fine-tuning YAML (``section.key=value`` overrides applied)."""
+    cfg = load_config(FinetuneConfig, path, list(overrides))
+    if cfg.task == "imputation" and cfg.data.dataset != "imputation":
+        raise ConfigError(f"task 'imputation' needs data.dataset 'imputation', got {cfg.data.dataset!r} ({path})")
+    if cfg.task == "segmentation" and cfg.data.dataset == "imputation":
+        raise ConfigError(f"data.dataset 'imputation' needs task 'imputation' ({path})")
+    seg_loss, imp_loss = ("ce", "dice", "ce+dice"), ("l1", "l2")
+    if cfg.optim.loss not in (seg_loss if cfg.task == "segmentation" else imp_loss):
+        raise ConfigError(f"optim.loss {cfg.optim.loss!r} does not fit task {cfg.task!r} in {path}")
+    return cfg
+
+
+def resolve_path(value: str | None, run_dir: Path | None = None) -> str | None:
+    """Expand ``{sample}``, ``{shared}`` and ``{run_dir}`` in a configured path."""
+    if value is None:
+        return None
+    out = value.replace("{sample}", str(SAMPLE)).replace("{shared}", str(SHARED))
+    if run_dir is not None:
+        out = out.replace("{run_dir}", str(run_dir))
+    return out
+
+
+def run_dir_of(cfg: FinetuneConfig) -> Path:
+    return Path(resolve_path(cfg.run_dir.replace("{name}", cfg.name)))
+
+
+# --------------------------------------------------------------------------- building blocks
+def build_datamodule(cfg: FinetuneConfig, run_dir: Path | None = None, patch_size: tuple[int, int, int] | None = None):
+    """The LightningDataModule of ``cfg.data`` (``patch_size`` is needed for imputation masks)."""
+    d = cfg.data
+    common = dict(batch_size=d.batch_size, eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
+                  label_fraction=d.label_fraction, seed=d.split_seed, label_seed=cfg.seed, val_fraction=d.val_fraction,
+                  test_fraction=d.test_fraction, augment=d.augment, mean=d.mean, std=d.std)
+    if d.dataset == "imputation":
+        from geofm.data.datasets.imputation import ImputationDataModule, generate_series
+
+        store = resolve_path(d.store, run_dir)
+        fmask = []  # a trailing "?" marks an optional file (e.g. one in ../shared/data)
+        for f in d.fmask:
+            path = resolve_path(f.rstrip("?"), run_dir)
+            if not f.endswith("?") or Path(path).is_file():
+                fmask.append(path)
+        if d.generate:
+            if run_dir is None:
+                raise ConfigError("data.generate needs a run folder")
+            gen_store, gen_fmask = generate_series(run_dir / "data", size=d.generate_size,
+                                                   chip_size=d.crop_size or 32, seed=cfg.seed)
+            store = store or str(gen_store)
+            fmask = fmask + [str(p) for p in gen_fmask]
+        if patch_size is None:
+            raise ConfigError("imputation data needs the model's patch size")
+        return ImputationDataModule(store=store, stacks=[resolve_path(s, run_dir) for s in d.stacks],
+                                    stack_frames=d.stack_frames, fmask=fmask, patch_size=patch_size,
+                                    crop_size=d.crop_size, gap_frames=d.gap_frames, patch_threshold=d.patch_threshold,
+                                    min_hidden=d.min_hidden, **common)
+    if d.root is None:
+        raise ConfigError(f"data.root is required for dataset {d.dataset!r}")
+    root = resolve_path(d.root, run_dir)
+    tiles = dict(tile_size=d.tile_size, crop_size=d.crop_size, eval_tile_size=d.eval_tile_size)
+    if d.dataset == "sen1floods11":
+        from geofm.data.datasets.sen1floods11 import Sen1Floods11DataModule
+
+        return Sen1Floods11DataModule(root, split_dir=resolve_path(d.split_dir, run_dir),
+                                      predict_split=d.predict_split, **tiles, **common)
+    if d.dataset == "burn_scars":
+        from geofm.data.datasets.burn_scars import BurnScarsDataModule
+
+        return BurnScarsDataModule(root, **tiles, **common)
+    from geofm.data.datasets.crops import CropsDataModule
+
+    return CropsDataModule(root, **tiles, **common)
+
+
+def model_patch_size(cfg: FinetuneConfig) -> tuple[int, int, int]:
+    """Patch size (tubelet, p, p) of the configured encoder, without building it."""
+    from geofm.models.checkpoints import config_from_json
+    from geofm.models.presets import build_config
+
+    options = dict(cfg.model.options)
+    ckpt = resolve_path(cfg.model.checkpoint)
+    if cfg.model.name is None:
+        if ckpt is None or not (Path(ckpt) / "config.json").is_file():
+            raise ConfigError("model.name null needs model.checkpoint = a folder with config.json")
+        return build_config(None, config_from_json(json.loads((Path(ckpt) / "config.json").read_text())),
+                            **options).patch_size
+    return build_config(cfg.model.name, None, **options).patch_size
+
+
+def build_task(cfg: FinetuneConfig, dm):
+    """The LightningModule of ``cfg.task`` for datamodule ``dm``."""
+    m, o = cfg.model, cfg.optim
+    optim = dict(strategy=o.strategy, lr=o.lr, weight_decay=o.weight_decay, scheduler=o.scheduler,
+                 warmup_epochs=o.warmup_epochs, min_lr_ratio=o.min_lr_ratio)
+    checkpoint = resolve_path(m.checkpoint)
+    if cfg.task == "imputation":
+        from geofm.tasks.imputation import ImputationTask
+
+        return ImputationTask({"name": m.name, "checkpoint": checkpoint, **m.options},
+                              mean=dm.description["mean"], std=dm.description["std"], loss=o.loss, **optim)
+    from geofm.tasks.segmentation import SegmentationTask
+
+    neck_channels: Any = m.neck_channels
+    if m.neck == "upernet" and neck_channels is not None:
+        neck_channels = int(neck_channels[0])
+    model = {"name": m.name, "checkpoint": checkpoint, "num_classes": dm.num_classes, "neck": m.neck,
+             "num_frames": dm.train_set.num_frames, "neck_channels": neck_channels, "layers": m.layers,
+             "head_channels": m.head_channels, "head_convs": m.head_convs, "dropout": m.dropout, **m.options}
+    return SegmentationTask(model, class_names=dm.class_names, loss=o.loss, class_weights=o.class_weights, **optim)
+
+
+def export(task, dm, cfg: FinetuneConfig, out_dir: Path, scores: dict | None = None) -> Path:
+    """Write the fine-tuned model with its data description (:func:`geofm.models.save_finetuned`)."""
+    from geofm.models.segmentation import save_finetuned
+
+    desc = dm.description
+    sample = dm.val_set[0]["image"]
+    extra = {"dataset": desc.get("dataset"), "strategy": cfg.optim.strategy, "name": cfg.name,
+             "label_fraction": cfg.data.label_fraction, "scores": scores or {}}
+    return save_finetuned(task.model, out_dir, task=cfg.task, mean=desc["mean"], std=desc["std"],
+                          bands=desc["bands"], class_names=dm.class_names or None,
+                          img_size=int(sample.shape[-1]), num_frames=int(sample.shape[1]), extra=extra)
+
+
+def make_trainer(cfg: FinetuneConfig, run_dir: Path, monitor: str | None = None):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.trainer
+    callbacks = []
+    if monitor is not None:
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                                         mode="max", save_last=True, save_top_k=1))
+    kwargs: dict[str, Any] = {}
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = int(t.limit_train_batches) if t.limit_train_batches >= 1 else \
+            t.limit_train_batches
+    return pl.Trainer(default_root_dir=run_dir, max_epochs=t.max_epochs, accelerator=t.accelerator,
+                      devices=t.devices, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
+                      check_val_every_n_epoch=t.check_val_every_n_epoch, gradient_clip_val=t.gradient_clip_val,
+                      deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+                      enable_model_summary=False,
+                      logger=CSVLogger(run_dir, name="logs", version="") if monitor is not None else False,
+                      callbacks=callbacks, enable_checkpointing=monitor is not None, num_sanity_val_steps=0,
+                      **kwargs)
+
+
+def main_metric(task: str) -> str:
+    """The score that picks the best epoch and that experiments plot."""
+    return "mIoU" if task == "segmentation" else "ssim"
+
+
+# --------------------------------------------------------------------------- the entry point
+def run_finetune(cfg: FinetuneConfig, stage: str = "fit") -> Path:
+    """Run one stage of a fine-tuning config.
+
+    ``fit`` trains (best epoch by validation mIoU / SSIM), tests the best weights, writes
+    ``metrics.json`` and exports to ``<run_dir>/export`` (returned). ``validate`` / ``test``
+    evaluate ``model.finetuned`` (default ``<run_dir>/export``) and return the metrics JSON
+    path; ``predict`` writes GeoTIFFs + quicklooks and returns ``<run_dir>/predictions``.
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from geofm.runtime import tune_cpu_allocator
+
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
+    tune_cpu_allocator()
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / ("config.yaml" if stage == "fit" else f"config_{stage}.yaml"))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = build_datamodule(cfg, run_dir, model_patch_size(cfg) if cfg.task == "imputation" else None)
+    if stage == "fit" and cfg.optim.strategy != "scratch" and cfg.model.checkpoint is None:
+        log.warning("strategy %r without model.checkpoint: the encoder starts from random weights",
+                    cfg.optim.strategy)
+    if stage != "fit" and cfg.model.name is not None:  # weights come from the export: skip the checkpoint
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=None))
+    task = build_task(cfg, dm)
+    key = main_metric(cfg.task)
+    t0 = time.perf_counter()
+    if stage == "fit":
+        trainer = make_trainer(cfg, run_dir, monitor=f"val/{key}")
+        trainer.fit(task, datamodule=dm)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            task.load_state_dict(state)
+        fit_seconds = time.perf_counter() - t0
+        best_epoch, val = best_epoch_scores(run_dir / "logs" / "metrics.csv", f"val/{key}")
+        test = make_trainer(cfg, run_dir).test(task, datamodule=dm, verbose=False)[0]
+        scores = {"val": val, "test": _plain(test), "fit_seconds": fit_seconds,
+                  "best_checkpoint": Path(best).name if best else None, "best_epoch": best_epoch,
+                  "n_train": len(dm.train_set), "n_val": len(dm.val_set), "n_test": len(dm.test_set),
+                  "strategy": cfg.optim.strategy, "label_fraction": cfg.data.label_fraction, "seed": cfg.seed}
+        _write_json(run_dir / "metrics.json", scores)
+        out = export(task, dm, cfg, run_dir / "export", {k: scores["test"].get(f"test/{k}") for k in (key,)})
+        log.info("fit done in %.0f s: val %s %.4f, test %s %.4f; exported to %s", fit_seconds, key,
+                 val.get(f"val/{key}", float("nan")), key, test.get(f"test/{key}", float("nan")), out)
+        return out
+    _load_finetuned_into(task, cfg, run_dir)
+    if stage == "predict":
+        from geofm.tasks.predict import write_predictions
+
+        return write_predictions(task, dm, run_dir / "predictions", quicklooks=cfg.predict.quicklooks)
+    trainer = make_trainer(cfg, run_dir)
+    res = (trainer.validate if stage == "validate" else trainer.test)(task, datamodule=dm, verbose=False)[0]
+    path = run_dir / f"metrics_{stage}.json"
+    _write_json(path, _plain(res))
+    return path
+
+
+def _load_finetuned_into(task, cfg: FinetuneConfig, run_dir: Path) -> None:
+    from geofm.models.segmentation import load_finetuned
+
+    src = resolve_path(cfg.model.finetuned, run_dir) or str(run_dir / "export")
+    if not (Path(src) / "config.json").is_file() and not Path(src).is_file():
+        raise ConfigError(f"no fine-tuned model at '{src}': run the fit stage first or set model.finetuned")
+    model, info = load_finetuned(src)
+    if info.task != cfg.task:
+        raise ConfigError(f"'{src}' is a {info.task} model, the config's task is {cfg.task}")
+    task.model = model
+
+
+def _plain(d: dict) -> dict:
+    return {k: float(v) for k, v in d.items()}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    from geofm.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def best_epoch_scores(metrics_csv: Path, column: str) -> tuple[int | None, dict[str, float]]:
+    """(epoch, its ``val/*`` scores) of the epoch with the highest ``column`` in a CSVLogger ``metrics.csv``."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return None, {}
+    with open(metrics_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(column) not in (None, "")]
+    if not rows:
+        return None, {}
+    best = max(rows, key=lambda r: float(r[column]))
+    return int(float(best["epoch"])), {k: float(v) for k, v in best.items() if k.startswith("val/") and v != ""}
+
+
+def read_epoch_metrics(metrics_csv: Path, column: str) -> list[tuple[int, float]]:
+    """(epoch, value) of ``column`` from a Lightning CSVLogger ``metrics.csv`` (rows where it is set)."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return []
+    out = []
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            v = row.get(column)
+            if v not in (None, ""):
+                out.append((int(float(row["epoch"])), float(v)))
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config (configs/finetune/<task>.yaml)")
+    p.add_argument("--stage", choices=STAGES, default="fit", help="what to run (default: fit)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.strategy=frozen")
+
+
+def quiet_lightning(verbose: int = 0) -> None:
+    """Keep Lightning's start-up chatter (accelerator banners, tips) out of the CLI output unless -v."""
+    if not verbose:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_lightning(getattr(args, "verbose", 0))
+    cfg = load_finetune_config(args.config, args.overrides)
+    cfg.trainer.progress_bar = True
+    print(f"geofm finetune: {cfg.task} on {cfg.data.dataset}, strategy {cfg.optim.strategy}, "
+          f"stage {args.stage} -> {run_dir_of(cfg)}", flush=True)
+    out = run_finetune(cfg, args.stage)
+    if args.stage in ("fit", "validate", "test"):
+        metrics = json.loads((run_dir_of(cfg) / ("metrics.json" if args.stage == "fit" else out.name)).read_text())
+        flat = metrics.get("test", metrics) if args.stage == "fit" else metrics
+        key = main_metric(cfg.task)
+        shown = {k: round(v, 4) for k, v in flat.items() if k.split("/")[-1].startswith((key, "aAcc", "mae", "psnr"))}
+        print(json.dumps(shown, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+__all__ = ["FinetuneConfig", "build_datamodule", "build_task", "load_finetune_config", "read_epoch_metrics",
+           "run_finetune", "to_dict"]

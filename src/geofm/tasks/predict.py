@@ -1,0 +1,117 @@
+"""Predictions of a fine-tuned task as georeferenced GeoTIFFs + PNG quicklooks.
+
+Segmentation: ``<id>_r<row>_c<col>_pred.tif`` uint8 class indices (255 where the input has no
+data) on the CRS/transform of the input window, and a quicklook RGB | label | prediction.
+Imputation: ``<name>_recon.tif`` int16 reflectance ×10000 (T×C bands, time-major, nodata -9999)
+and a quicklook masked input | reconstruction | target of the frame with most gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from geofm.bands import HLS_NODATA
+from geofm.io import atomic_path
+from geofm.viz import rgb_stretch, save_panels, stretch_limits
+
+log = logging.getLogger(__name__)
+
+NODATA_CLASS = 255
+#: Colours (RGB 0..1) of class indices 0..12 in quicklooks; -1 (ignored) is black.
+PALETTE = np.array([[0.75, 0.68, 0.45], [0.10, 0.35, 0.85], [0.95, 0.75, 0.10], [0.20, 0.60, 0.20],
+                    [0.55, 0.25, 0.10], [0.55, 0.55, 0.55], [0.05, 0.20, 0.55], [0.85, 0.50, 0.70],
+                    [0.60, 0.85, 0.35], [0.85, 0.85, 0.65], [0.95, 0.95, 0.95], [0.70, 0.20, 0.20],
+                    [0.40, 0.30, 0.65]])
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """(H, W) class indices (-1/255 = none) -> (H, W, 3) RGB floats."""
+    lab = np.asarray(labels).astype(np.int64)
+    out = np.zeros((*lab.shape, 3))
+    ok = (lab >= 0) & (lab < len(PALETTE))
+    out[ok] = PALETTE[lab[ok]]
+    return out
+
+
+def write_geotiff(path: Path, arr: np.ndarray, crs, transform, nodata: float | None) -> Path:
+    """(bands, H, W) or (H, W) array -> GeoTIFF (deflate), atomically."""
+    import rasterio
+
+    arr = arr[None] if arr.ndim == 2 else arr
+    profile = dict(driver="GTiff", width=arr.shape[-1], height=arr.shape[-2], count=arr.shape[0],
+                   dtype=str(arr.dtype), crs=crs, transform=transform, nodata=nodata, compress="deflate")
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr)
+    return path
+
+
+def _denorm(x: np.ndarray, mean, std) -> np.ndarray:
+    """Normalized (C, T, H, W) -> reflectance ×10000."""
+    return x * np.asarray(std, np.float32)[:, None, None, None] + np.asarray(mean, np.float32)[:, None, None, None]
+
+
+@torch.no_grad()
+def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
+    """Predict every sample of ``dm.predict_set`` with ``task``; write GeoTIFFs and quicklooks."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = dm.predict_set
+    task.eval()
+    loader = DataLoader(ds, batch_size=dm.eval_batch_size, shuffle=False, num_workers=0)
+    mean, std = dm.description["mean"], dm.description["std"]
+    segmentation = hasattr(task, "class_names")
+    shown = 0
+    for batch in loader:
+        if segmentation:
+            preds = task(batch["image"]).argmax(1).numpy()
+        else:
+            recon = task.reconstruct(batch).numpy()
+        for k, index in enumerate(batch["index"].tolist()):
+            crs, transform, name = ds.geo(index)
+            image = batch["image"][k].numpy()
+            if segmentation:
+                _, r, c, _, _ = ds.windows[index]
+                stem = f"{name}_r{r}_c{c}"
+                nodata = (image == np.float32(1e-4)).all(axis=(0, 1))
+                pred = np.where(nodata, NODATA_CLASS, preds[k]).astype(np.uint8)
+                write_geotiff(out_dir / f"{stem}_pred.tif", pred, crs, transform, NODATA_CLASS)
+                if shown < quicklooks:
+                    raw = _denorm(image, mean, std)[:, -1]
+                    label = batch["mask"][k].numpy()
+                    acc = float((pred == label)[label >= 0].mean()) if (label >= 0).any() else float("nan")
+                    save_panels(out_dir / f"{stem}.png", [("input RGB", rgb_stretch(raw, valid=~nodata)),
+                                                          ("label", colorize(label)),
+                                                          ("prediction", colorize(pred.astype(np.int64)))],
+                                suptitle=f"{name} r{r} c{c}: pixel accuracy {acc:.3f}")
+                    shown += 1
+            else:
+                rec = _denorm(recon[k], mean, std)
+                valid = batch["valid"][k].numpy()
+                gap = batch["gap"][k].numpy()
+                rec_i = np.where(valid[None], np.clip(np.rint(rec), -32768, 32767), HLS_NODATA).astype(np.int16)
+                c_, t_, h_, w_ = rec_i.shape
+                write_geotiff(out_dir / f"{name}_recon.tif", rec_i.transpose(1, 0, 2, 3).reshape(t_ * c_, h_, w_),
+                              crs, transform, HLS_NODATA)
+                if shown < quicklooks:
+                    t = int(gap.reshape(gap.shape[0], -1).sum(1).argmax())
+                    target = _denorm(image, mean, std)[:, t]
+                    limits = stretch_limits(target, valid=valid[t])
+                    masked = rgb_stretch(target, limits=limits)
+                    masked[gap[t]] = 0.5
+                    save_panels(out_dir / f"{name}_recon.png", [
+                        (f"input, gaps grey (frame {t})", masked),
+                        ("reconstruction", rgb_stretch(rec[:, t], limits=limits)),
+                        ("target", rgb_stretch(target, limits=limits))],
+                        suptitle=f"{name}: {gap[t].mean() * 100:.0f} % of frame {t} hidden by real cloud masks")
+                    shown += 1
+    log.info("wrote predictions of %d samples to %s", len(ds), out_dir)
+    return out_dir
+
+
+__all__ = ["colorize", "write_geotiff", "write_predictions"]
