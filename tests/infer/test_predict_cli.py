@@ -80,7 +80,11 @@ def test_predict_imputation_keeps_clear_pixels(tmp_path, granules):
             assert (got[:, cloudy] != raw[:, cloudy]).mean() > 0.9
 
 
-def test_predict_rejects_wrong_frame_count(tmp_path, granules, seg_export):
+def test_predict_rejects_wrong_frame_count(tmp_path, granules, seg_export, capsys):
     one = [str(p) for p in sorted(granules.glob("*.tif"))[:7]]  # a single granule (6 bands + Fmask)
+    argv = ["predict", "--checkpoint", str(seg_export), "--inputs", *one, "--out", str(tmp_path / "x.tif")]
+    assert cli.main(argv) == 2
+    assert "takes 3 frame(s), got 1" in capsys.readouterr().err
     with pytest.raises(DataError, match="takes 3 frame"):
-        cli.main(["predict", "--checkpoint", str(seg_export), "--inputs", *one, "--out", str(tmp_path / "x.tif")])
+        cli.main(["-vv", *argv])
+    assert not (tmp_path / "x.tif").exists()

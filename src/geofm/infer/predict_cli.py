@@ -30,19 +30,21 @@ def run(args: argparse.Namespace) -> int:
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
-    bar = tqdm(total=0, unit="tile", desc="predict")
+    bars: list = []  # created at the first batch, so that input errors print no empty bar
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, initial=0, unit="tile", desc="predict"))
+        bars[0].n = done
+        bars[0].refresh()
 
     res = predict_checkpoint(args.checkpoint, args.inputs, args.out, tile=args.tile or None, overlap=args.overlap,
                              batch_size=args.batch_size, probabilities=args.probabilities, device=args.device,
                              block=args.block, overviews=not args.no_overviews, resume=not args.restart,
                              quicklook=args.quicklook, stacked_fmask_band=args.stacked_fmask_band,
                              progress=progress)
-    bar.close()
+    for bar in bars:
+        bar.close()
     if res.resumed_from_row:
         print(f"resumed an interrupted run at row {res.resumed_from_row}")
     print(f"predicted {res.width}x{res.height} px ({res.tiles} tiles) in {res.seconds:.1f} s "
