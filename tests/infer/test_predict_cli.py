@@ -88,3 +88,24 @@ def test_predict_rejects_wrong_frame_count(tmp_path, granules, seg_export, capsy
     with pytest.raises(DataError, match="takes 3 frame"):
         cli.main(["-vv", *argv])
     assert not (tmp_path / "x.tif").exists()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_predict_stacked_sentinel2_band_subset(tmp_path, sample_dir):
+    """A 13-band Sentinel-2 stack (the real Sen1Floods11 chip) with --stacked-bands picking the six model bands."""
+    torch.manual_seed(0)
+    model = build_segmentation_model("prithvi_tiny", num_classes=2, num_frames=1, img_size=64)
+    export = save_finetuned(model, tmp_path / "export", task="segmentation", mean=MEAN, std=STD, bands=MODEL_BANDS,
+                            img_size=64)
+    s2 = sample_dir / "sen1floods11" / "S2Hand" / "Spain_7370579_S2Hand.tif"
+    out = tmp_path / "spain.tif"
+    args = ["predict", "--checkpoint", str(export), "--inputs", str(s2), "--out", str(out), "--tile", "128",
+            "--overlap", "16", "--batch-size", "8"]
+    assert cli.main([*args, "--stacked-bands", "2,3,4,9,12,13"]) == 0
+    with rasterio.open(out) as c, rasterio.open(s2) as src:
+        assert c.crs == src.crs and c.transform == src.transform and c.shape == src.shape == (512, 512)
+        assert set(np.unique(c.read(1)).tolist()) <= {0, 1}
+    # the subset must name exactly the six model bands
+    bad = ["predict", "--checkpoint", str(export), "--inputs", str(s2), "--out", str(tmp_path / "x.tif"),
+           "--stacked-bands", "2,3,4"]
+    assert cli.main(bad) == 2 and not (tmp_path / "x.tif").exists()

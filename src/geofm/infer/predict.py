@@ -126,7 +126,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        out_path: str | os.PathLike, *, tile: int | None = 224, overlap: int = 32,
                        batch_size: int = 8, probabilities: bool = False, device: str = "cpu",
                        block: int = 512, overviews: bool = True, resume: bool = True,
-                       quicklook: bool | str | os.PathLike = False, stacked_fmask_band: int | None = None,
+                       quicklook: bool | str | os.PathLike = False,
+                       stacked_bands: Sequence[int] = (1, 2, 3, 4, 5, 6), stacked_fmask_band: int | None = None,
                        progress: Callable[[int, int], None] | None = None) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
@@ -141,7 +142,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     checkpoint = Path(checkpoint)
     model, info = load_finetuned(checkpoint)
     frames = list(inputs) if inputs and isinstance(inputs[0], Frame) else frames_from_inputs(
-        [str(i) for i in inputs], stacked_fmask_band=stacked_fmask_band)
+        [str(i) for i in inputs], stacked_bands=stacked_bands, stacked_fmask_band=stacked_fmask_band)
     if len(frames) != info.num_frames:
         raise DataError(f"the model '{checkpoint}' takes {info.num_frames} frame(s), got {len(frames)}: "
                         + ", ".join(str(f.granule_id) for f in frames))

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=512, help="output block size in px (and resume granularity)")
     p.add_argument("--no-overviews", action="store_true", help="do not add overviews to the output")
     p.add_argument("--restart", action="store_true", help="ignore finished parts of an interrupted run")
+    p.add_argument("--stacked-bands", default="1,2,3,4,5,6",
+                   help="1-based bands of stacked GeoTIFF inputs in model order (Blue, Green, Red, NIR, SWIR1, "
+                        "SWIR2), e.g. 2,3,4,9,12,13 for a 13-band Sentinel-2 stack")
     p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band of stacked GeoTIFF inputs")
 
 
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, probabilities=args.probabilities, device=args.device,
                              block=args.block, overviews=not args.no_overviews, resume=not args.restart,
                              quicklook=args.quicklook, stacked_fmask_band=args.stacked_fmask_band,
+                             stacked_bands=tuple(int(b) for b in args.stacked_bands.split(",")),
                              progress=progress)
     for bar in bars:
         bar.close()
