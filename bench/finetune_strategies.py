@@ -31,14 +31,15 @@ sys.path.insert(0, str(REPO / "src"))
 def pretraining_images() -> list[torch.Tensor]:
     """Normalized (6, 1, H, W) real images: Sen1Floods11 training tiles and the HLS chip."""
     from geofm.bands import norm_stats
-    from geofm.demo import read_hls_chip
+    from geofm.data.sample_store import SAMPLE, SOURCES, read_sample_image
     from geofm.tasks.finetune import build_datamodule, load_finetune_config
 
     cfg = load_finetune_config(REPO / "configs" / "finetune" / "tiny_flood.yaml")
     dm = build_datamodule(cfg)
     train = dm.train_set.subset(range(len(dm.train_set)))  # no crops / flips: plain tiles
     images = [train[i]["image"] for i in range(len(train))]
-    hls, _ = read_hls_chip()
+    rel, bands, _ = SOURCES[0]  # the bundled real HLS chip
+    hls = read_sample_image(SAMPLE / rel, bands)[0].astype(np.float32)
     mean, std = (np.array(s, np.float32)[:, None, None] for s in norm_stats("v1"))
     images.append(torch.from_numpy((hls - mean) / std)[:, None])
     return images

@@ -24,26 +24,11 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
-HLS_CHIP = SAMPLE / "hls_chip" / "regression_test_0_input.tif"
-HLS_CHIP_BANDS = (2, 3, 4, 5, 6, 7)  # 1-based: Blue, Green, Red, NIR, SWIR1, SWIR2
-S2_MODEL_BANDS = (2, 3, 4, 9, 12, 13)  # 1-based in a 13-band S2 L1C stack: B2, B3, B4, B8A, B11, B12
-
-
-
-def read_hls_chip(path: Path = HLS_CHIP) -> tuple[np.ndarray, dict]:
-    """The six model bands of the bundled chip: (6, H, W) float32 reflectance x10000 + profile."""
-    import rasterio
-
-    with rasterio.open(path) as src:
-        image = src.read(list(HLS_CHIP_BANDS)).astype(np.float32)
-        profile = {"crs": src.crs, "transform": src.transform}
-    return image, profile
 
 
 def _metric_curve(csv_path: Path, column: str) -> list[float]:
@@ -92,12 +77,13 @@ def step_predict(out: Path, export: Path, granules: Path) -> list[dict]:
     """Whole-scene flood maps: the Sen1Floods11 S2 scene (stacked bands) and one generated granule."""
     import rasterio
 
+    from geofm.data.datasets.sen1floods11 import S2_BANDS_0BASED
     from geofm.data.hls import stacked_frame
     from geofm.infer.predict import predict_checkpoint
 
     s2 = SAMPLE / "sen1floods11" / "S2Hand" / "Spain_7370579_S2Hand.tif"
     one_date = sorted(granules.glob("HLS.S30.T10SEG.*.tif"))[:7]  # the first granule: 6 bands + Fmask
-    jobs = [("flood_map_spain.tif", [stacked_frame(str(s2), S2_MODEL_BANDS)]),
+    jobs = [("flood_map_spain.tif", [stacked_frame(str(s2), [b + 1 for b in S2_BANDS_0BASED])]),
             ("flood_map_10SEG.tif", [str(p) for p in one_date])]
     results = []
     for name, inputs in jobs:

@@ -39,21 +39,18 @@ SOURCES = (
 PLACEHOLDER_DATE = dt.date(2020, 1, 1)  # the sample files carry no acquisition date
 
 
-def _read_source(path: Path, bands: tuple[int, ...]) -> tuple[np.ndarray, object, str]:
-    """(6, H, W) int16 reflectance x10000 with nodata -> -9999, the transform and the CRS string."""
+def read_sample_image(path: str | os.PathLike, bands: tuple[int, ...]) -> tuple[np.ndarray, object, str]:
+    """(6, H, W) int16 reflectance x10000 (nodata -> -9999) of 1-based ``bands``, the transform and the CRS."""
     import rasterio
 
+    from geofm.data.hls import _to_int16
+
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"sample image '{path}' is missing: expected the bundled data/sample folder")
     with rasterio.open(path) as src:
-        arr = src.read(list(bands)).astype(np.float64)
-        nodata = src.nodata
+        out = _to_int16(src.read(list(bands)), src.nodata, str(path))
         transform, crs = src.transform, src.crs.to_string()
-    bad = ~np.isfinite(arr)
-    if nodata is not None:
-        bad |= arr == nodata
-    out = np.clip(np.rint(arr), -32768, 32767).astype(np.int16)
-    out[bad] = HLS_NODATA
     return out, transform, crs
 
 
@@ -102,7 +99,7 @@ def build_sample_store(out: str | os.PathLike, chip_size: int = 32, shard: int =
     root = Path(sample_dir) if sample_dir is not None else SAMPLE
     chips, rows = [], {k: [] for k in _schema().names}
     for series, (rel, bands, tile) in enumerate(SOURCES):
-        image, tf, crs = _read_source(root / rel, bands)
+        image, tf, crs = read_sample_image(root / rel, bands)
         n_r, n_c = image.shape[1] // chip_size, image.shape[2] // chip_size
         centres = [(r, c) for r in range(n_r) for c in range(n_c)]
         xs = [tf.c + tf.a * (c + 0.5) * chip_size + tf.b * (r + 0.5) * chip_size for r, c in centres]
