@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from geofm.bands import HLS_NODATA
+from geofm.bands import HLS_NODATA, NORMALIZED_NODATA
 from geofm.io import atomic_path
 from geofm.viz import rgb_stretch, save_panels, stretch_limits
 
@@ -78,7 +78,7 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
             if segmentation:
                 _, r, c, _, _ = ds.windows[index]
                 stem = f"{name}_r{r}_c{c}"
-                nodata = (image == np.float32(1e-4)).all(axis=(0, 1))
+                nodata = (image == np.float32(NORMALIZED_NODATA)).all(axis=(0, 1))
                 pred = np.where(nodata, NODATA_CLASS, preds[k]).astype(np.uint8)
                 write_geotiff(out_dir / f"{stem}_pred.tif", pred, crs, transform, NODATA_CLASS)
                 if shown < quicklooks:
