@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from geofm.models.checkpoints import infer_config, load_into, read_checkpoint, save_pretrained
-from geofm.models.presets import build_config, list_models
+from geofm.models.checkpoints import load_into, read_checkpoint, save_pretrained
+from geofm.models.presets import build_config, infer_config, list_models
 from geofm.models.mae import PrithviMAE
 
 
