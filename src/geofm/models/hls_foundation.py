@@ -161,7 +161,8 @@ class HLSFoundationSegmenter(nn.Module):
         """x (B, C, T, H, W) -> logits (B, K, H, W); coordinates are ignored (v1 has no TL encoders)."""
         b, c, t, H, W = x.shape
         if c != self.config.in_chans or t != self.num_frames:
-            raise ValueError(f"expected input (B, {self.config.in_chans}, {self.num_frames}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"expected input (B, {self.config.in_chans}, {self.num_frames}, H, W), "
+                             f"got {tuple(x.shape)}")
         x = self.released_input_order(x)
         p = self.config.patch_size
         pad_h, pad_w = (-H) % p, (-W) % p

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -217,7 +216,8 @@ class InterpolateToPyramidal(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], **_: Any) -> list[torch.Tensor]:
         n = len(feats)
-        return [F.interpolate(x, scale_factor=self.scale_factor ** (n - i), mode=self.mode) for i, x in enumerate(feats)]
+        return [F.interpolate(x, scale_factor=self.scale_factor ** (n - i), mode=self.mode)
+                for i, x in enumerate(feats)]
 
 
 class MaxpoolToPyramidal(nn.Module):
@@ -363,7 +363,8 @@ class SegmentationHead(nn.Module):
             in_ch = widths[-1]
         else:
             pre = nn.Identity()
-        self.head = nn.Sequential(pre, nn.Dropout(dropout) if dropout else nn.Identity(), nn.Conv2d(in_ch, num_classes, 1))
+        drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.head = nn.Sequential(pre, drop, nn.Conv2d(in_ch, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
@@ -389,11 +390,13 @@ class TerraTorchSegmenter(nn.Module):
         self.neck, channels = build_necks(cfg.necks, channels)
         args = dict(cfg.decoder_args)
         if cfg.decoder == "UperNetDecoder":
-            self.decoder: nn.Module = UperNetDecoder(channels, tuple(args.get("pool_scales", (1, 2, 3, 6))),
-                                                     int(args.get("channels", 256)), bool(args.get("align_corners", True)))
+            self.decoder: nn.Module = UperNetDecoder(
+                channels, tuple(args.get("pool_scales", (1, 2, 3, 6))), int(args.get("channels", 256)),
+                bool(args.get("align_corners", True)))
         else:
             self.decoder = UNetDecoder(channels, list(args["channels"]))
-        self.head = SegmentationHead(self.decoder.out_channels, cfg.num_classes, cfg.head_channel_list, cfg.head_dropout)
+        self.head = SegmentationHead(self.decoder.out_channels, cfg.num_classes, cfg.head_channel_list,
+                                     cfg.head_dropout)
         self.num_classes = cfg.num_classes
         self.num_frames = cfg.num_frames
 
