@@ -132,7 +132,8 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"cannot read checkpoint '{path}': not a PyTorch (zip or pickle) file")
     try:
         with torch.serialization.safe_globals(_numpy_allowlist()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # zip files are memory-mapped: tensors nobody uses (optimizer states) are never read
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load '{path}': it is not a plain tensor checkpoint (weights_only=True rejected it: "

@@ -101,7 +101,11 @@ def _groups(keys: list[str], depth: int = 2) -> str:
 
 
 def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], layout: str, source: str) -> None:
-    """Load ``sd`` into ``model``; any missing/unexpected key or shape mismatch raises, grouped by module."""
+    """Load ``sd`` into ``model``; any missing/unexpected key or shape mismatch raises, grouped by module.
+
+    The tensors of ``sd`` become the model's (``assign``): build ``model`` on the meta device
+    (:func:`_empty`) so that the weights exist once in memory, not twice.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -117,7 +121,19 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], layout: str, sour
             parts.append("shape mismatches: " + "; ".join(shapes[:6]) + (" ..." if len(shapes) > 6 else ""))
         raise CheckpointError(f"'{source}' (read as layout '{layout}') does not fit the model its config describes: "
                               + "; ".join(parts))
-    model.load_state_dict(sd)
+    model.load_state_dict(sd, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"'{source}': no values for {_groups(left)}")
+    for m in model.modules():  # pos-embedding caches built on the meta device
+        if isinstance(getattr(m, "_pos_cache", None), dict):
+            m._pos_cache.clear()
+
+
+def _empty(cls: type[nn.Module], cfg: Any) -> nn.Module:
+    """``cls(cfg)`` with parameters on the meta device (no memory, no initialisation): weights come from the file."""
+    with torch.device("meta"):
+        return cls(cfg)
 
 
 def _state_dict_of(raw: Any, source: str) -> dict[str, torch.Tensor]:
@@ -209,7 +225,7 @@ def _load_v1(files: dict[str, Path]) -> tuple[nn.Module, FinetunedInfo]:
     env = read_python_config(files["config"])
     cfg, test_cfg = _v1_config(env, str(files["config"]))
     pre = _v1_preprocessing(env, cfg, str(files["config"]))
-    model = HLSFoundationSegmenter(cfg)
+    model = _empty(HLSFoundationSegmenter, cfg)
     sd = _state_dict_of(load_torch_file(files["weights"]), str(files["weights"]))
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if model.auxiliary_head is not None and not any(k.startswith("auxiliary_head.") for k in sd):
@@ -271,7 +287,7 @@ def _load_v2(files: dict[str, Path]) -> tuple[nn.Module, FinetunedInfo]:
                               "model.init_args.model_args in config.yaml or hyper_parameters.model_args in the "
                               "Lightning checkpoint)")
     cfg = TerraTorchConfig.from_model_args(model_args, source)
-    model = TerraTorchSegmenter(cfg)
+    model = _empty(TerraTorchSegmenter, cfg)
     sd = _state_dict_of(raw, str(files["weights"]))
     if any(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
@@ -318,9 +334,9 @@ def _load_export(files: dict[str, Path], raw: dict[str, Any]) -> tuple[nn.Module
     rel = raw["released"]
     family = rel.get("layout")
     if family == "hls_foundation":
-        model: nn.Module = HLSFoundationSegmenter(HLSFoundationConfig(**rel["config"]))
+        model: nn.Module = _empty(HLSFoundationSegmenter, HLSFoundationConfig(**rel["config"]))
     elif family == "terratorch":
-        model = TerraTorchSegmenter(TerraTorchConfig.from_dict(rel["config"]))
+        model = _empty(TerraTorchSegmenter, TerraTorchConfig.from_dict(rel["config"]))
     else:
         raise CheckpointError(f"'{files['config']}': released.layout must be one of hls_foundation, terratorch; "
                               f"got {family!r}")
