@@ -225,6 +225,21 @@ def test_v1_crop_model_sees_the_released_reshape_quirk(tmp_path):
     assert (got - plain).abs().max() > 1e-2  # the quirk matters
 
 
+def test_v1_burn_scars_statistics_in_reflectance_scale_the_input(tmp_path):
+    """burn_scars.py has no ConstantMultiply and means in reflectance (0..1): the chips held reflectance."""
+    burn_means = [0.033349706741586264, 0.05701185520536176, 0.05889748132001316, 0.2323245113436119,
+                  0.1972854853760658, 0.11944914225186566]
+    write_v1(tmp_path / "burn")
+    text = (tmp_path / "burn" / "flood.py").read_text()
+    text = text.replace(repr(FLOOD_MEANS), repr(burn_means)).replace(
+        'dict(type="ConstantMultiply", constant=constant),', "").replace("bands = [1, 2, 3, 8, 11, 12]",
+                                                                        "bands = [0, 1, 2, 3, 4, 5]")
+    (tmp_path / "burn" / "flood.py").write_text(text)
+    _, info = load_finetuned(tmp_path / "burn")
+    np.testing.assert_allclose(info.mean, [m * 1e4 for m in burn_means], rtol=1e-6)
+    assert info.stacked_bands == [[1, 2, 3, 4, 5, 6]] and info.extra["input_scale"] == 1e-4
+
+
 def test_v1_config_is_parsed_not_executed(tmp_path):
     write_v1(tmp_path / "flood")
     env = read_python_config(tmp_path / "flood" / "flood.py")
@@ -395,3 +410,28 @@ def test_predict_v1_flood_folder_on_a_13_band_sentinel2_chip(tmp_path, shared_da
     with rasterio.open(explicit.path) as a, rasterio.open(first6.path) as b:
         assert np.array_equal(a.read(1), cls)
         assert not np.array_equal(b.read(1), cls)
+
+
+def test_predict_v1_crop_model_on_one_18_band_chip(tmp_path, one_torch_thread):
+    """The crop model's 18-band frame-major chip is one input file: frames are bands 1-6, 7-12, 13-18."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from geofm.data.hls import stacked_frame
+    from geofm.infer.predict import predict_checkpoint
+
+    write_v1(tmp_path / "crop", kind="crop", seed=3)
+    rng = np.random.default_rng(0)
+    chip = tmp_path / "chip_000_merged.tif"
+    with rasterio.open(chip, "w", driver="GTiff", width=48, height=40, count=18, dtype="int16", crs="EPSG:32615",
+                       transform=from_origin(500000, 4000000, 30, 30)) as dst:
+        dst.write(rng.integers(200, 4000, size=(18, 40, 48)).astype(np.int16))
+    res = predict_checkpoint(tmp_path / "crop", [str(chip)], tmp_path / "crop.tif", tile=32, overlap=8,
+                             overviews=False)
+    frames = [stacked_frame(str(chip), list(range(6 * t + 1, 6 * t + 7))) for t in range(3)]
+    ref = predict_checkpoint(tmp_path / "crop", frames, tmp_path / "ref.tif", tile=32, overlap=8, overviews=False)
+    with rasterio.open(res.path) as a, rasterio.open(ref.path) as b:
+        assert a.count == 1 and a.shape == (40, 48)
+        assert json.loads(a.tags()["classes"])["0"] == "Corn"
+        assert np.array_equal(a.read(1), b.read(1))
+        assert a.tags()["geofm_frames"].count("chip_000_merged.tif") == 3

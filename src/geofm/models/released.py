@@ -145,6 +145,16 @@ def _state_dict_of(raw: Any, source: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def reflectance_scale(mean: list[float], source: str) -> float:
+    """1e-4 when the statistics are in reflectance (0..1: every mean below 1.5, e.g. the v1 burn-scar
+    config, whose chips held reflectance) and nothing in the pipeline scales the input; else 1.
+    geofm reads reflectance x10000 (HLS int16), so such a model gets its input scaled by 1e-4."""
+    if max(abs(m) for m in mean) < 1.5:
+        log.info("%s: means are reflectance (0..1); inputs (reflectance x10000) are scaled by 1e-4", source)
+        return 1e-4
+    return 1.0
+
+
 def _per_band(values: list, n: int, what: str, source: str) -> list[float]:
     """The first ``n`` of ``values`` when the list repeats them per frame (v1 crop config: 18 = 3 × 6)."""
     vals = [float(v) for v in values]
@@ -201,7 +211,8 @@ def _v1_preprocessing(env: dict[str, Any], cfg: HLSFoundationConfig, source: str
     c, t = cfg.in_chans, cfg.num_frames
     mean = _per_band(norm["means"], c, "means", source)
     std = _per_band(norm["stds"], c, "stds", source)
-    scale = float(steps["ConstantMultiply"].get("constant", 1.0)) if "ConstantMultiply" in steps else 1.0
+    scale = float(steps["ConstantMultiply"].get("constant", 1.0)) if "ConstantMultiply" in steps else \
+        reflectance_scale(mean, source)
     load = steps.get("LoadGeospatialImageFromFile", {})
     replace = load.get("nodata_replace") if load.get("nodata") is not None else None
     nodata_value = float(replace) if isinstance(replace, (int, float)) else float(HLS_NODATA)
@@ -255,7 +266,7 @@ def _v2_preprocessing(data: dict[str, Any], cfg: TerraTorchConfig, bands: list |
         stacked = [SEN1FLOODS11_BANDS.index(b) + 1 for b in out]
     elif init.get("means") is not None and init.get("stds") is not None:
         mean, std = [float(v) for v in init["means"]], [float(v) for v in init["stds"]]
-        scale = float(init.get("constant_scale", 1.0))
+        scale = float(init["constant_scale"]) if "constant_scale" in init else reflectance_scale(mean, source)
         replace = init.get("no_data_replace")
         ds, ob = init.get("dataset_bands"), init.get("output_bands")
         stacked = [list(ds).index(b) + 1 for b in ob] if ds and ob and all(b in ds for b in ob) else \
