@@ -435,3 +435,17 @@ def test_predict_v1_crop_model_on_one_18_band_chip(tmp_path, one_torch_thread):
         assert json.loads(a.tags()["classes"])["0"] == "Corn"
         assert np.array_equal(a.read(1), b.read(1))
         assert a.tags()["geofm_frames"].count("chip_000_merged.tif") == 3
+
+
+def test_reading_checkpoints_does_not_need_the_presets():
+    """models/checkpoints.py reads and adapts files; building from presets imports it, never the reverse."""
+    import ast as _ast
+
+    import geofm.models.checkpoints as ck
+    import geofm.models.released as rel
+
+    for mod in (ck, rel):
+        tree = _ast.parse(Path(mod.__file__).read_text())
+        imported = {n.module for n in _ast.walk(tree) if isinstance(n, _ast.ImportFrom) and n.module}
+        imported |= {a.name for n in _ast.walk(tree) if isinstance(n, _ast.Import) for a in n.names}
+        assert "geofm.models.presets" not in imported, mod.__name__
