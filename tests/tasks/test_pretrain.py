@@ -229,7 +229,8 @@ def test_two_process_training_matches_one_process(full_batch_single, tiny_overri
 
 # --------------------------------------------------------------------------- TL models get the chip metadata
 def test_tl_model_gets_dates_and_locations_from_the_store(sample_store):
-    from geofm.tasks.pretrain import ChipDataModule, DataSection, MAEPretrainTask
+    from geofm.data.datamodule import ChipDataModule, DataSection
+    from geofm.tasks.pretrain import MAEPretrainTask
 
     dm = ChipDataModule(DataSection(store=str(sample_store), val_fraction=0.0, batch_size=4), return_coords=True)
     dm.setup("fit")

@@ -25,7 +25,11 @@ import numpy as np
 
 from geofm.io import atomic_path
 from geofm.tasks.finetune import (
-    load_finetune_config, main_metric, read_epoch_metrics, run_dir_of, run_finetune,
+    load_finetune_config,
+    main_metric,
+    read_epoch_metrics,
+    run_dir_of,
+    run_finetune,
 )
 
 log = logging.getLogger(__name__)
