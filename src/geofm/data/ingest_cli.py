@@ -29,8 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from geofm.data.ingest import IngestConfig, ingest
 
     cfg = IngestConfig(chip_size=args.chip_size, frames=args.frames, max_cloud=args.max_cloud,
@@ -39,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
                        stacked_fmask_band=args.stacked_fmask_band, fmask_kind=args.fmask_kind,
                        rows_per_task=args.rows_per_task)
     so = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
-    bar = tqdm(total=0, unit="task", desc="ingest")
+    from geofm.progress import progress_bar
+
+    bar = progress_bar(total=0, unit="tasks", desc="ingest")
 
     def progress(done: int, total: int) -> None:
         bar.total = total

@@ -27,9 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from geofm.infer.predict import predict_checkpoint
+    from geofm.progress import progress_bar
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total, initial=0, unit="tile", desc="predict"))
+            bars.append(progress_bar(total=total, initial=0, unit="tiles", desc="predict"))
         bars[0].n = done
         bars[0].refresh()
 

@@ -1,4 +1,4 @@
-"""Training callbacks shared by the tasks: throughput logging and MAE reconstruction quicklooks."""
+"""Training callbacks shared by the tasks: throughput logging, MAE reconstruction quicklooks, progress lines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks.progress import ProgressBar
 
 if TYPE_CHECKING:
     from geofm.tasks.pretrain import MAEPretrainTask
@@ -98,3 +99,88 @@ class Quicklook(Callback):
         path = self.out_dir / f"step{step:07d}.png"
         save_panels(path, panels, ncols=3, suptitle=f"step {step}: masked-patch MSE {float(loss):.4f} (normalized)")
         return path
+
+
+class PlainProgressBar(ProgressBar):
+    """Lightning's progress display as plain lines, for logs (stdout not a terminal, see :mod:`geofm.progress`).
+
+    Prints ``train: epoch E, step S/MAX, <metrics>, X it/s`` every ``every_steps`` optimizer steps
+    (if given) or every ``every_s`` seconds, a line per validation, and a last line at the end of fit.
+    """
+
+    def __init__(self, every_s: float | None = None, every_steps: int | None = None, stream=None):
+        super().__init__()
+        from geofm.progress import every_seconds
+
+        self.every_s = every_seconds() if every_s is None else every_s
+        self.every_steps = every_steps
+        self.stream = stream
+        self._enabled = True
+        self._t0 = self._last_t = time.perf_counter()
+        self._last_step = -1
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _write(self, text: str) -> None:
+        import sys
+
+        if self._enabled and self.trainer.is_global_zero:
+            stream = self.stream or sys.stdout
+            stream.write(text + "\n")
+            stream.flush()
+
+    def _metrics(self, trainer, pl_module, prefix: str) -> str:
+        items = self.get_metrics(trainer, pl_module)
+        parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items()
+                 if k.startswith(prefix) and k != "v_num"]
+        return ", ".join(parts)
+
+    def _train_line(self, trainer, pl_module) -> str:
+        step = trainer.global_step
+        total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        elapsed = time.perf_counter() - self._t0
+        metrics = self._metrics(trainer, pl_module, "train")
+        return (f"train: epoch {trainer.current_epoch}, step {step}{total}"
+                f"{', ' + metrics if metrics else ''}, {elapsed:.1f} s")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = self._last_t = time.perf_counter()
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_step:
+            return
+        now = time.perf_counter()
+        due_steps = self.every_steps is not None and step % self.every_steps == 0
+        due_time = self.every_steps is None and now - self._last_t >= self.every_s
+        if due_steps or due_time:
+            self._write(self._train_line(trainer, pl_module))
+            self._last_t, self._last_step = now, step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = self._metrics(trainer, pl_module, "val")
+        self._write(f"validation: epoch {trainer.current_epoch}, step {trainer.global_step}"
+                    f"{', ' + metrics if metrics else ''}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_step:
+            self._write(self._train_line(trainer, pl_module) + " (done)")
+            self._last_step = trainer.global_step
+
+
+def progress_callback(log_every: int = 10) -> Callback:
+    """A tqdm bar on a terminal, :class:`PlainProgressBar` lines otherwise (see :mod:`geofm.progress`)."""
+    from geofm.progress import interactive
+
+    if interactive():
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        return TQDMProgressBar(refresh_rate=max(1, log_every // 2))
+    return PlainProgressBar()

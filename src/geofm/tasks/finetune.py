@@ -255,10 +255,11 @@ def make_trainer(cfg: FinetuneConfig, run_dir: Path, monitor: str | None = None)
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from geofm.tasks.callbacks import progress_callback
     from geofm.tasks.distributed import make_strategy
 
     t = cfg.trainer
-    callbacks = []
+    callbacks = [progress_callback(t.log_every_n_steps)] if t.progress_bar else []
     if monitor is not None:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                          mode="max", save_last=True, save_top_k=1))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from lightning.pytorch.callbacks import Callback
 from geofm.config import save_config, to_dict
 from geofm.data.datamodule import ChipDataModule, ChipLoader, DataSection, split_slots
 from geofm.errors import ConfigError
-from geofm.tasks.callbacks import Quicklook, ThroughputLogger
+from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
 from geofm.tasks.distributed import CPUFSDPStrategy, make_strategy
 from geofm.tasks.pretrain_config import (
     PRECISIONS,
@@ -196,7 +195,7 @@ def resolve_resume(cfg: PretrainConfig, run_dir: Path) -> str | None:
 
 
 def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> pl.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     t, o = cfg.trainer, cfg.optim
@@ -214,7 +213,7 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callba
     if t.quicklook_every:
         cbs.append(Quicklook(run_dir / "quicklooks", t.quicklook_every, t.quicklook_chips))
     if t.progress_bar:
-        cbs.append(TQDMProgressBar(refresh_rate=max(1, t.log_every // 2)))
+        cbs.append(progress_callback(t.log_every))
     cbs.extend(callbacks)
     # one version_N folder per session: a resumed run adds version_1, ... and keeps the earlier logs
     loggers = [CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")]
@@ -289,19 +288,3 @@ def export(task: MAEPretrainTask, state: dict[str, torch.Tensor], out: Path, nam
     model = PrithviMAE(task.model.config)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return save_pretrained(model, out, name=name)
-
-# =========================================================================== command line
-def add_arguments(p) -> None:
-    p.add_argument("--config", required=True, help="YAML file, e.g. configs/pretrain/tiny.yaml")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. trainer.max_steps=100 optim.lr=1e-4 data.batch_size=32")
-
-
-def run(args) -> int:
-    cfg = load_pretrain_config(args.config, args.overrides)
-    run_dir = run_pretrain(cfg)
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
-        print(f"run directory: {run_dir}")
-        print(f"  exported MAE: {run_dir / 'export'} (model.safetensors + config.json)")
-        print(f"  metrics: {run_dir / 'logs'}/version_*/metrics.csv; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    return 0
