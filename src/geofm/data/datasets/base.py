@@ -225,8 +225,7 @@ class GeoSegmentationDataset(Dataset):
 
     def geo(self, index: int) -> tuple[object, object, str]:
         """(CRS, affine transform, chip id) of sample ``index``'s full window (random crops aside)."""
-        from rasterio.windows import Window
-        from rasterio.windows import transform as window_transform
+        from rasterio.windows import Window, transform as window_transform
 
         i, r, c, h, w = self.windows[index]
         info = self.infos[i]
