@@ -17,3 +17,11 @@ class CheckpointError(GeofmError, ValueError):
 
 class ConfigError(GeofmError, ValueError):
     """A configuration value is unknown, of the wrong type, or inconsistent."""
+
+
+class RemoteError(GeofmError, OSError):
+    """A remote service (STAC search, file server, credentials endpoint) failed or answered nonsense."""
+
+
+class AuthError(RemoteError):
+    """A remote service refused our credentials (HTTP 401/403) or none were found."""
