@@ -171,9 +171,19 @@ class HttpSource:
                 start, total = _content_range(r.headers.get("Content-Range"), url)
             else:
                 start, total = 0, _int(r.headers.get("Content-Length"))
-            yield _Body(start, total, r.iter_content(CHUNK), r.headers.get("Content-Type", ""))
+            yield _Body(start, total, _read1_chunks(r.raw), r.headers.get("Content-Type", ""))
         finally:
             r.close()
+
+
+def _read1_chunks(raw) -> Iterator[bytes]:
+    """The body as it arrives (``read1``): when the connection drops, every byte received is already
+    written to ``.part``, so the retry resumes exactly there."""
+    while True:
+        chunk = raw.read1(CHUNK)
+        if not chunk:
+            return
+        yield chunk
 
 
 class S3Source:
