@@ -256,16 +256,18 @@ class FakeNasa:
             if cut:
                 f["truncate"][name] -= 1
         data = self.files[key]
-        start = 0
+        start, end = 0, len(data) - 1
         rng = req.headers.get("Range")
         if rng and not f["ignore_range"]:
-            start = int(rng.split("=")[1].split("-")[0])
+            a, _, b = rng.split("=")[1].partition("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
             if start >= len(data):
                 return Response("", status=416, headers={"Content-Range": f"bytes */{len(data)}"})
-        body = data[start:]
+        body = data[start:end + 1]
         headers = {"Content-Length": str(len(body)), "Accept-Ranges": "bytes", "Content-Type": "image/tiff"}
-        if start:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        partial = rng is not None and not f["ignore_range"]
+        if partial:
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         if cut:
             headers["Connection"] = "close"
             body = body[:len(body) // 2]
@@ -278,8 +280,7 @@ class FakeNasa:
                     time.sleep(step / slow)
                 yield body[i:i + step]
 
-        return Response(chunks() if req.method != "HEAD" else b"", status=206 if start else 200, headers=headers,
-                        direct_passthrough=True)
+        return Response(chunks(), status=206 if partial else 200, headers=headers, direct_passthrough=True)
 
 
 def _json(obj, status: int = 200, headers: dict | None = None) -> Response:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from conftest import BBOX_10SEG, CLOUDY_ID, L30_ID, OTHER_TILE_ID
 
 from geofm.data.remote import stac
-from geofm.errors import ConfigError, RemoteError
+from geofm.errors import ConfigError, DataError, RemoteError
 
 
 def _q(**kw):
@@ -103,3 +104,19 @@ def test_manifest_summary_quicklook(nasa, tmp_path):
     assert "HLSS30_2.0: 4" in text and "10SEG: 4" in text and "median 7 %" in text
     png = stac.quicklook(items, tmp_path / "q.png", bbox=BBOX_10SEG)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_search_with_an_aoi_geojson(nasa, tmp_path):
+    aoi = tmp_path / "aoi.geojson"
+    ring = [[-122.5, 37.2], [-122.2, 37.2], [-122.2, 37.5], [-122.5, 37.5], [-122.5, 37.2]]  # inside 10SEG only
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    geom = stac.read_aoi(aoi)
+    assert geom == {"type": "Polygon", "coordinates": [ring]}
+    res = stac.search(_q(bbox=None, intersects=geom), nasa.stac_url, min_interval=0)
+    assert OTHER_TILE_ID not in {it["id"] for it in res.items} and len(res.items) == 5
+    png = stac.quicklook(res.items, tmp_path / "q.png", aoi=geom)
+    assert png.stat().st_size > 5000
+    (tmp_path / "line.geojson").write_text(json.dumps({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}))
+    with pytest.raises(DataError, match="line.geojson"):
+        stac.read_aoi(tmp_path / "line.geojson")

@@ -200,7 +200,9 @@ def gdal_env(creds: Credentials, cookie_file: str | None = None, retries: int = 
     env = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff",
            "GDAL_HTTP_MAX_RETRY": str(retries), "GDAL_HTTP_RETRY_DELAY": "1",
            "GDAL_HTTP_RETRY_CODES": ",".join(str(s) for s in RETRY_STATUS), "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-           "GDAL_HTTP_MULTIPLEX": "YES", "VSI_CACHE": "TRUE"}
+           "GDAL_HTTP_MULTIPLEX": "YES", "VSI_CACHE": "TRUE",
+           # curl would send netrc passwords along every redirect, to any host: the login is done here instead
+           "GDAL_HTTP_NETRC": "NO"}
     if creds.token:
         env["GDAL_HTTP_AUTH"] = "BEARER"
         env["GDAL_HTTP_BEARER"] = creds.token
@@ -223,8 +225,14 @@ def login_cookies(session, url: str, cookie_file: str | Path) -> Path:
         check_auth(r, session.creds, f"logging in to read '{url}'")
         if r.status_code >= 400:
             raise RemoteError(f"logging in to read '{url}': HTTP {r.status_code}")
+    import copy
+
     jar = MozillaCookieJar(str(cookie_file))
     for c in session.cookies:
+        c = copy.copy(c)
+        if c.expires is None:  # a session cookie: curl needs a number in the file
+            c.expires = int(time.time()) + 12 * 3600
+            c.discard = False
         jar.set_cookie(c)
     path = Path(cookie_file)
     path.touch(mode=0o600, exist_ok=True)

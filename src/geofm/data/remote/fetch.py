@@ -341,7 +341,7 @@ def download_one(d: Download, source, retries: int = 8, backoff: float = 0.5,
                     sized = True
                 if "text/html" in body.content_type.lower():
                     raise NotDataError(f"'{d.url}' answered an HTML page (login or EULA?), not a data file")
-                with open(part, "r+b" if offset else "wb") as f:
+                with open(part, "r+b" if offset else "wb", buffering=0) as f:  # on disk as it arrives
                     f.seek(offset)
                     f.truncate()
                     first = offset == 0
