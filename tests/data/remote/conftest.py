@@ -5,19 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from fake_nasa import FakeNasa, hls_item  # this folder is on sys.path (pytest's rootdir-relative imports)
+from fake_nasa import (BBOX_10SEG, BBOX_11SKA, CLOUDY_ID, L30_ID, OTHER_TILE_ID, PASSWORD, S30_DATES, USER, FakeNasa,
+                       hls_item)  # this folder is on sys.path (pytest's rootdir-relative imports)
 
 from geofm.data import synthetic
 from geofm.data.hls import model_band_files
 
-BBOX_10SEG = [-123.0, 36.95, -121.75, 37.95]
-BBOX_11SKA = [-121.9, 36.9, -120.6, 37.9]
-S30_DATES = ("2021-05-03", "2021-06-12", "2021-07-22")  # clear enough: cloud 3, 12, 25 %
-CLOUDY_ID = "HLS.S30.T10SEG.2021190T184919.v2.0"  # 85 % cloud: only returned when the service ignores the filter
-L30_ID = "HLS.L30.T10SEG.2021150T183712.v2.0"
-OTHER_TILE_ID = "HLS.S30.T11SKA.2021123T184919.v2.0"
-TOKEN = "tok-" + "x" * 20
-USER, PASSWORD = "alice", "s3cret-pw"
 
 
 @pytest.fixture(scope="session")

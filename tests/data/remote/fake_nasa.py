@@ -35,6 +35,15 @@ BUCKET = "lp-prod-protected"
 CONFORMANCE = ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
                "https://api.stacspec.org/v1.0.0-rc.1/item-search#query", "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
                "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson"]
+# The test catalog (filled by conftest.py): tile 10SEG granules, one cloudy, one of another tile.
+BBOX_10SEG = [-123.0, 36.95, -121.75, 37.95]
+BBOX_11SKA = [-121.9, 36.9, -120.6, 37.9]
+S30_DATES = ("2021-05-03", "2021-06-12", "2021-07-22")  # cloud cover 3, 12, 25 %
+CLOUDY_ID = "HLS.S30.T10SEG.2021190T184919.v2.0"  # 85 % cloud: only returned when the service ignores the filter
+L30_ID = "HLS.L30.T10SEG.2021150T183712.v2.0"
+OTHER_TILE_ID = "HLS.S30.T11SKA.2021123T184919.v2.0"
+TOKEN = "tok-" + "x" * 20
+USER, PASSWORD = "alice", "s3cret-pw"
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Earthdata Login</title></head><body>Please log in</body></html>"
 
 
@@ -54,8 +63,8 @@ class FakeNasa:
                  tokens: set[str] | None = None, page_size: int = 2, s3_lifetime: float = 3600.0) -> None:
         self.files = files
         self.items = items
-        self.users = users or {"alice": "s3cret-pw"}
-        self.tokens = tokens or {"tok-" + "x" * 20}
+        self.users = users or {USER: PASSWORD}
+        self.tokens = tokens or {TOKEN}
         self.page_size = page_size
         self.s3_lifetime = s3_lifetime
         self.faults: dict = defaultdict(dict)

@@ -6,7 +6,7 @@ import json
 import logging
 
 import pytest
-from conftest import CLOUDY_ID, L30_ID, OTHER_TILE_ID, PASSWORD, TOKEN
+from fake_nasa import CLOUDY_ID, L30_ID, OTHER_TILE_ID, PASSWORD, TOKEN
 
 from geofm.data.remote import earthdata
 from geofm.data.remote import fetch as F

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TOKEN
+from fake_nasa import TOKEN
 
 from geofm.cli import main
 from geofm.data import store

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import BBOX_10SEG, CLOUDY_ID, L30_ID, OTHER_TILE_ID
+from fake_nasa import BBOX_10SEG, CLOUDY_ID, L30_ID, OTHER_TILE_ID
 
 from geofm.data.remote import stac
 from geofm.errors import ConfigError, DataError, RemoteError
@@ -120,3 +120,23 @@ def test_search_with_an_aoi_geojson(nasa, tmp_path):
     (tmp_path / "line.geojson").write_text(json.dumps({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}))
     with pytest.raises(DataError, match="line.geojson"):
         stac.read_aoi(tmp_path / "line.geojson")
+
+
+def test_pages_are_requested_at_a_polite_rate(nasa):
+    t = time.perf_counter()
+    res = stac.search(_q(), nasa.stac_url, min_interval=0.4)
+    assert res.pages == 3
+    assert time.perf_counter() - t >= 0.4 * 3  # landing page + 3 pages, 0.4 s apart
+
+
+def test_connection_errors_are_retried_then_reported():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there
+    t = time.perf_counter()
+    with pytest.raises(RemoteError, match=f"127.0.0.1:{port}"):
+        stac.search(_q(), f"http://127.0.0.1:{port}/stac", retries=2, backoff=0.2, min_interval=0)
+    assert time.perf_counter() - t >= 0.4  # urllib3: no wait before the first retry, 0.2 * 2 before the second

@@ -210,10 +210,9 @@ def stac_client(url: str = DEFAULT_STAC_URL, retries: int = 8, backoff: float = 
 
     from geofm.data.remote.earthdata import Throttle, retry_policy
 
-    io = StacApiIO(headers={"User-Agent": "geofm"}, timeout=timeout, max_retries=retry_policy(retries, backoff),
-                   request_modifier=Throttle(min_interval))
-    try:
-        return Client.open(url, stac_io=io)
+    io = StacApiIO(headers={"User-Agent": "geofm"}, max_retries=retry_policy(retries, backoff))
+    try:  # Client.open resets the modifier and timeout of the StacApiIO it is given: pass them here
+        return Client.open(url, stac_io=io, request_modifier=Throttle(min_interval), timeout=timeout)
     except Exception as e:  # pystac-client raises APIError, requests errors, JSON errors
         raise RemoteError(f"cannot open the STAC API at '{url}': {e}") from e
 
