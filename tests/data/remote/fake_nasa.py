@@ -56,7 +56,8 @@ class FakeNasa:
       file_429 / file_503 {name: N}; truncate {name: N}: the body is cut at half with the full
       Content-Length; html {name}: 200 with a login page; missing {name}: 404;
       expired_token: every bearer token is refused (401); slow: bytes per second of file bodies;
-      ignore_range: Range headers are ignored.
+      ignore_range: Range headers are ignored; login_page_200: the login host answers an anonymous
+      request with its sign-in page and status 200 (as the real one does), not 401.
     """
 
     def __init__(self, files: dict[str, bytes], items: list[dict], users: dict[str, str] | None = None,
@@ -69,7 +70,7 @@ class FakeNasa:
         self.s3_lifetime = s3_lifetime
         self.faults: dict = defaultdict(dict)
         self.faults.update(search_429=0, search_503=0, ignore_cloud_filter=False, expired_token=False, slow=0,
-                           ignore_range=False)
+                           ignore_range=False, login_page_200=False)
         self.log: list[dict] = []
         self.codes: dict[str, str] = {}
         self.sessions: set[str] = set()
@@ -222,6 +223,8 @@ class FakeNasa:
             return Response("login happens on the login host", status=400)
         auth = req.headers.get("Authorization", "")
         if not auth.startswith("Basic "):
+            if self.faults["login_page_200"]:  # the real sign-in page answers 200
+                return Response(LOGIN_PAGE, status=200, content_type="text/html")
             return Response(LOGIN_PAGE, status=401, headers={"WWW-Authenticate": 'Basic realm="Earthdata Login"'},
                             content_type="text/html")
         user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")

@@ -101,6 +101,19 @@ def test_wrong_or_missing_credentials_stop_with_how_to_log_in(nasa, tmp_path, no
     assert len(log) == 7 and {r["status"] for r in log} == {"failed"} and TOKEN not in json.dumps(log)
 
 
+def test_wrong_netrc_password_and_sign_in_page(nasa, tmp_path, netrc_login, no_earthdata_env):
+    items = _items(nasa, {L30_ID})
+    netrc_login.write_text("machine localhost login alice password bad-pw-123\n")
+    with pytest.raises(AuthError, match="credentials from netrc .* were refused") as e:
+        F.fetch(items, tmp_path / "a", workers=1)
+    assert "bad-pw-123" not in str(e.value) and "wrong password" in str(e.value)
+    no_earthdata_env.delenv("NETRC")
+    nasa.faults["login_page_200"] = True
+    with pytest.raises(AuthError, match="sign-in page"):
+        F.fetch(items, tmp_path / "b", workers=1)
+    assert not list((tmp_path / "b").rglob("*.tif*"))
+
+
 def test_faults_end_in_complete_files_or_clear_errors(nasa, tmp_path, no_earthdata_env):
     creds = _token(no_earthdata_env)
     items = _items(nasa)

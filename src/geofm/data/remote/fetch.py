@@ -160,6 +160,10 @@ class HttpSource:
         try:
             name = url.rsplit("/", 1)[-1]
             check_auth(r, self.creds, f"downloading '{name}'")
+            if r.status_code == 200 and self.session()._is_login_host(r.url):
+                # the login host answered its sign-in page: no (or unusable) credentials
+                raise AuthError(f"downloading '{name}': redirected to the Earthdata sign-in page at "
+                                f"'{r.url.split('?')[0]}'; {self.creds.how_to_login}")
             if r.status_code == 416 and offset:  # asked past the end: the .part may already be whole
                 yield _Body(offset, _content_range_total(r.headers.get("Content-Range")), iter(()))
                 return
