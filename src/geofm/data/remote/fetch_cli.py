@@ -21,12 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tqdm import tqdm
-
     from geofm.data.remote import fetch, stac
+    from geofm.progress import progress_bar
 
     items = stac.read_manifest(args.manifest)
-    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="fetch")
+    bar = progress_bar(total=0, unit="B", desc="fetch", unit_scale=True, unit_divisor=1024)
 
     def on_size(n: int) -> None:
         bar.total += n

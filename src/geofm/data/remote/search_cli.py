@@ -33,9 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from geofm.data.remote import stac
+    from geofm.progress import progress_bar
 
     aoi = stac.read_aoi(args.aoi) if args.aoi else None
     if args.bbox is not None and len(args.bbox) != 4:
@@ -46,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
                          end=args.end, bbox=args.bbox, intersects=aoi,
                          tiles=tuple(args.tiles.split(",")) if args.tiles else (), max_cloud=args.max_cloud,
                          max_items=args.max_items)
-    bar = tqdm(desc="search", unit="page")
+    bar = progress_bar(desc="search", unit="pages")
 
     def progress(pages: int, items: int) -> None:
         bar.n = pages
-        bar.set_postfix(granules=items)
+        bar.set_postfix_str(f"{items} granules")
+        bar.refresh()
 
     res = stac.search(q, args.stac_url, retries=args.retries, min_interval=args.page_interval, progress=progress)
     bar.close()
