@@ -260,7 +260,7 @@ class S3Source:
             if code in ("AccessDenied", "ExpiredToken", "InvalidAccessKeyId", "403"):
                 raise AuthError(f"'{url}': S3 refused the temporary credentials from '{self.credentials_url}' "
                                 f"({code}); --access s3 works only in AWS us-west-2; use --access https elsewhere")
-            raise
+            raise PermanentError(f"'{url}': S3 answered {code or status} after {self.http.retries} retries") from e
         body = resp["Body"]
         try:
             if "ContentRange" in resp:
