@@ -85,7 +85,7 @@ def find_layout(path: str | os.PathLike) -> tuple[str, dict[str, Path]]:
         return "terratorch", {"weights": weights[0]}
     found = sorted(f.name for f in folder.iterdir())[:12] if folder.is_dir() else []
     raise CheckpointError(
-        f"'{path}' fits none of the fine-tuned layouts geofm reads: geofm export (config.json and model.safetensors), "
+        f"'{path}' fits none of the fine-tuned layouts geofm reads: geofm export (config.json + model.safetensors), "
         f"hls-foundation-os v1 (<name>.pth + <name>.py mmseg config), TerraTorch v2 (Lightning .ckpt with "
         f"hyper_parameters.model_args, or config.yaml + .pt); found {found}")
 
