@@ -85,6 +85,18 @@ class CloudMaskBank:
             m = np.tile(m, (-(-(h + row) // m.shape[0]), -(-(w + col) // m.shape[1])))
         return np.ascontiguousarray(m[row:row + h, col:col + w])
 
+    def placed(self, k: int, h: int, w: int, cover: float = 0.25) -> np.ndarray:
+        """Layer ``k`` fitted to an (h, w) series: its window whose cloudy fraction is closest to
+        ``cover`` (first in row-major order on ties) where the layer is larger, tiled where smaller."""
+        m = self.masks[k]
+        hh, ww = min(h, m.shape[0]), min(w, m.shape[1])
+        if (hh, ww) != m.shape:
+            ii = np.pad(m.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            frac = (ii[hh:, ww:] - ii[:-hh, ww:] - ii[hh:, :-ww] + ii[:-hh, :-ww]) / (hh * ww)
+            r, c = np.unravel_index(int(np.argmin(np.abs(frac - cover))), frac.shape)
+            m = m[r:r + hh, c:c + ww]
+        return np.tile(m, (-(-h // m.shape[0]), -(-w // m.shape[1])))[:h, :w]
+
     def draw(self, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         """A (h, w) bool window of a random layer at a random place, randomly flipped/rotated."""
         k = int(rng.integers(len(self.masks)))
@@ -265,8 +277,9 @@ def fixed_protocol(series: Sequence, masks: CloudMaskBank, *, frames: int, size:
 
     For each series, each window of ``frames`` consecutive dates (every ``stride`` dates, default
     ``frames``; the last window always ends at the last date), each target frame of
-    ``target_frames`` (default: the middle one), each mask of ``masks`` (laid over the series from its
-    top-left corner, tiled where smaller than the series) and each ``size`` px tile of the series (a regular grid from the
+    ``target_frames`` (default: the middle one), each mask of ``masks`` (fitted to the series by
+    :meth:`CloudMaskBank.placed`: the window of the mask with a cloudy fraction closest to 25 %, or
+    the mask tiled where smaller than the series) and each ``size`` px tile of the series (a regular grid from the
     top-left corner, edge tiles padded with nodata): one sample. No augmentation; every hidden
     pixel with data that is clear in the series is scored.
     """
@@ -296,6 +309,7 @@ class FixedGaps(_SeriesSamples):
         if len(masks) == 0:
             raise DataError("the imputation evaluation needs at least one cloud mask (data.test_masks / fmask)")
         self.masks = masks
+        self._placed: dict = {}
         self.items = fixed_protocol(self.series, masks, frames=frames, size=size, target_frames=target_frames,
                                     stride=stride)
         if max_items is not None and len(self.items) > max_items:  # evenly spaced, deterministic
@@ -310,9 +324,14 @@ class FixedGaps(_SeriesSamples):
 
     def __getitem__(self, index: int) -> dict:
         si, t0, f, k, row, col = self.items[index]
-        raw, unusable = self._read(self.series[si], t0, row, col)
+        s = self.series[si]
+        raw, unusable = self._read(s, t0, row, col)
+        key = (si, k)
+        if key not in self._placed:
+            self._placed[key] = np.pad(self.masks.placed(k, s.height, s.width),
+                                       ((0, -s.height % self.size), (0, -s.width % self.size)))
         gap = np.zeros_like(unusable)
-        gap[f] = self.masks.window(k, self.size, self.size, row, col)
+        gap[f] = self._placed[key][row:row + self.size, col:col + self.size]
         return self._sample(raw, unusable, gap, index)
 
 
