@@ -9,10 +9,12 @@ correction on top of a temporal baseline.
 later frames where the same pixel is clear, or the nearest clear frame at the ends of the series
 (:func:`temporal_baseline`). The encoder sees every token: hidden pixels hold their baseline,
 and a context embedding adds, per patch, the baseline of *every* pixel (at clear pixels it is
-the leave-this-frame-out interpolation, so the network sees how far the baseline misses where
-the truth is known), the gap mask and the distances (in frames) to the clear observations
-before and after. The MAE decoder's last layer, zero-initialised, predicts the per-pixel
-correction: an untrained imputer returns exactly the baseline.
+the leave-this-frame-out interpolation), how far the baseline misses around each pixel where
+the truth is known (:func:`local_residual`, the clear pixels of the same date, two window
+sizes), the gap mask and the distances (in frames) to the clear observations before and after.
+The correction of a hidden pixel is the MAE decoder's per-pixel prediction plus a learned
+per-band gain times each local residual; the decoder's last layer and the gains start at zero,
+so an untrained imputer returns exactly the baseline.
 
 ``residual="none"``: the paper's task. Patches whose hidden fraction exceeds
 ``patch_threshold`` are masked from the encoder, hidden pixels of visible patches are set to the
@@ -74,6 +76,18 @@ def temporal_baseline(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True
     return base, dist
 
 
+def local_residual(x: torch.Tensor, base: torch.Tensor, hidden: torch.Tensor, size: int) -> torch.Tensor:
+    """How far the baseline misses around each pixel: the mean of ``x - base`` over the clear pixels
+    of the same frame in a ``size`` × ``size`` window (0 where the window has none). (B, C, T, H, W)."""
+    import torch.nn.functional as F
+
+    usable = (~hidden).unsqueeze(1).to(x.dtype)  # (B, 1, T, H, W)
+    k, pad = (1, size, size), (0, size // 2, size // 2)
+    num = F.avg_pool3d((x - base) * usable, k, stride=1, padding=pad)
+    den = F.avg_pool3d(usable, k, stride=1, padding=pad)
+    return torch.where(den > 0, num / den.clamp_min(1e-6), torch.zeros_like(num))
+
+
 def fill_hidden(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True) -> torch.Tensor:
     """x (B, C, T, H, W) with hidden pixels (B, T, H, W) replaced by :func:`temporal_baseline`."""
     base, _ = temporal_baseline(x, hidden, linear)
@@ -103,6 +117,11 @@ class Imputer(nn.Module):
     "none" only.
     """
 
+    #: window sizes (px) of the local residuals
+    RESIDUAL_WINDOWS = (5, 17)
+    #: the gains are ``GAIN_SCALE * residual_gain``: steps of the size of the network's make them move
+    GAIN_SCALE = 20.0
+
     def __init__(self, mae: PrithviMAE, residual: str = "linear", patch_threshold: float = 0.0):
         super().__init__()
         if residual not in RESIDUAL_MODES:
@@ -112,8 +131,10 @@ class Imputer(nn.Module):
         self.patch_threshold = float(patch_threshold)
         cfg = mae.config
         if residual == "linear":
-            # context per pixel: baseline (C), gap mask (1), distance before / after (2)
-            self.context_embed = PatchEmbed3D(cfg.in_chans + 3, cfg.embed_dim, cfg.patch_size)
+            # context per pixel: baseline (C), local residuals (C each), gap mask (1), distance before / after (2)
+            n_res = len(self.RESIDUAL_WINDOWS)
+            self.context_embed = PatchEmbed3D(cfg.in_chans * (1 + n_res) + 3, cfg.embed_dim, cfg.patch_size)
+            self.residual_gain = nn.Parameter(torch.zeros(n_res * cfg.in_chans))  # x GAIN_SCALE
             nn.init.normal_(self.context_embed.proj.weight, std=0.02)
             nn.init.zeros_(self.context_embed.proj.bias)
             nn.init.zeros_(mae.decoder.decoder_pred.weight)  # the correction head: untrained = baseline
@@ -144,7 +165,8 @@ class Imputer(nn.Module):
         hid = hidden.unsqueeze(1)  # (B, 1, T, H, W)
         inp = torch.where(hid, base, x)
         t = x.shape[2]
-        context = torch.cat([base, hid.to(x.dtype), dist / t], dim=1)  # (B, C+3, T, H, W)
+        local = [local_residual(x, base, hidden, k) for k in self.RESIDUAL_WINDOWS]  # each (B, C, T, H, W)
+        context = torch.cat([base, *local, hid.to(x.dtype), dist / t], dim=1)  # (B, C(1+n)+3, T, H, W)
         enc = self.mae.encoder
         grid = enc.grid_of(x)
         tokens, pos = enc.embed(inp, temporal_coords, location_coords)  # (B, L, D)
@@ -154,8 +176,11 @@ class Imputer(nn.Module):
         n = tokens.shape[1]
         ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
         pred = self.mae.decoder(enc.norm(h), ids, grid, temporal_coords, location_coords)  # (B, L, u*p*q*C)
-        correction = self.mae.unpatchify(pred, x.shape)
-        return torch.where(hid, base + correction.to(x.dtype), x)
+        correction = self.mae.unpatchify(pred, x.shape).to(x.dtype)
+        gains = self.GAIN_SCALE * self.residual_gain.view(len(local), -1)
+        for gain, r in zip(gains, local):
+            correction = correction + gain.view(1, -1, 1, 1, 1) * r
+        return torch.where(hid, base + correction, x)
 
     def _reconstruct(self, x, hidden, temporal_coords, location_coords) -> torch.Tensor:
         mask = hidden_patches(hidden, self.patch_size, self.patch_threshold)
@@ -165,4 +190,4 @@ class Imputer(nn.Module):
         return torch.where(hid, self.mae.unpatchify(pred, x.shape).to(x.dtype), x)
 
 
-__all__ = ["Imputer", "RESIDUAL_MODES", "fill_hidden", "hidden_patches", "temporal_baseline"]
+__all__ = ["Imputer", "RESIDUAL_MODES", "fill_hidden", "hidden_patches", "local_residual", "temporal_baseline"]
