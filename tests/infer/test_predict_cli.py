@@ -146,6 +146,19 @@ def test_predict_residual_imputer_on_the_one_series_layout(tmp_path, cloudy_seri
     np.testing.assert_array_equal(got[[0, 2]], raw[[0, 2]])
     linear = (raw[0] + raw[2]) / 2  # between the clear dates before and after
     assert np.abs(got[1][:, cloud] - linear[:, cloud]).max() <= 1.0  # int16 rounding
+    # the same dates with the Fmask as band 7 of each file: --stacked-fmask-band gives the same output
+    stacked = tmp_path / "stacked"
+    stacked.mkdir()
+    for p in inputs:
+        with rasterio.open(p) as src, rasterio.open(p.replace(".tif", ".Fmask.tif")) as fm:
+            prof, arr = src.profile, np.concatenate([src.read(), fm.read().astype(np.int16)])
+        with rasterio.open(stacked / p.rsplit("/", 1)[-1], "w", **dict(prof, count=7)) as dst:
+            dst.write(arr)
+    out7 = tmp_path / "filled7.tif"
+    assert cli.main(["predict", "--checkpoint", str(export), "--inputs", str(stacked), "--out", str(out7),
+                     "--tile", "0", "--block", "32", "--stacked-fmask-band", "7"]) == 0
+    with rasterio.open(out7) as dst:
+        np.testing.assert_array_equal(dst.read().reshape(raw.shape), got)
 
 
 def test_predict_imputation_without_cloud_information_is_an_error(tmp_path, cloudy_series, capsys):
