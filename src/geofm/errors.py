@@ -17,3 +17,15 @@ class CheckpointError(GeofmError, ValueError):
 
 class ConfigError(GeofmError, ValueError):
     """A configuration value is unknown, of the wrong type, or inconsistent."""
+
+
+class OutputError(GeofmError, ValueError):
+    """An output path cannot be written as asked (a folder where a file goes, read-only, exists already)."""
+
+
+class RemoteError(GeofmError, OSError):
+    """A remote service (STAC search, file server, credentials endpoint) failed or answered nonsense."""
+
+
+class AuthError(RemoteError):
+    """A remote service refused our credentials (HTTP 401/403) or none were found."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geofm.data.hls import Frame, check_same_grid
+from geofm.data.hls import GRANULE_RE, Frame, check_same_grid, stacked_frame
 from geofm.data.series import frames_from_inputs
 from geofm.errors import ConfigError, DataError
 from geofm.infer.scene import OutputSpec, SceneResult, predict_scene
@@ -95,14 +95,23 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     return predict
 
 
-def _run_id(checkpoint: Path) -> str:
+def _run_id(files: Sequence[Path]) -> str:
+    """Fingerprint of the model files (size, mtime; the content of small config files)."""
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        f = checkpoint / name
+    for f in files:
         st = f.stat()
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update((checkpoint / "config.json").read_bytes())
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if f.suffix in (".json", ".yaml", ".yml", ".py"):
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _model_files(checkpoint: Path, info) -> list[Path]:
+    files = info.extra.get("files") if isinstance(info.extra, dict) else None
+    if files:
+        return [Path(f) for f in files]
+    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
+    return [folder / "config.json", folder / "model.safetensors"]
 
 
 def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Sequence[Frame],
@@ -110,8 +119,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        batch_size: int = 8, probabilities: bool = False, device: str = "cpu",
                        block: int = 512, overviews: bool = True, resume: bool = True,
                        quicklook: bool | str | os.PathLike = False,
-                       stacked_bands: Sequence[int] = (1, 2, 3, 4, 5, 6), stacked_fmask_band: int | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> SceneResult:
+                       stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
+                       progress: Callable[[int, int], None] | None = None, overwrite: bool = True) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
     ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
@@ -119,13 +128,34 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     uint8 class map (nodata 255) or, with ``probabilities``, float32 per-class probabilities
     (nodata -1); imputation exports write int16 reflectance x10000 (T x C bands, nodata -9999).
     ``tile=None`` uses the model's training size. ``quicklook``: True (``OUT.png``) or a PNG path.
+    An existing ``out_path`` is replaced (with a warning) when ``overwrite``, else refused. The
+    device and the output paths are checked before the model is read.
+
+    ``checkpoint`` may also be a released fine-tune as published (see :mod:`geofm.models.released`):
+    its band selection, scaling, normalization and nodata replacement come with it, so
+    ``stacked_bands=None`` takes the model's bands (e.g. Sentinel-2 bands 2,3,4,9,12,13 of a
+    13-band Sen1Floods11 stack; 1-6 for geofm exports). A multi-frame model whose frames are
+    consecutive bands of one stacked file (the v1 crop model's 18-band chips) takes that one file.
     """
+    from geofm.data.ingest import date_from_name
     from geofm.models.segmentation import load_finetuned
 
+    check_device(device)
+    check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
     model, info = load_finetuned(checkpoint)
-    frames = list(inputs) if inputs and isinstance(inputs[0], Frame) else frames_from_inputs(
-        [str(i) for i in inputs], stacked_bands=stacked_bands, stacked_fmask_band=stacked_fmask_band)
+    per_frame = info.stacked_bands if stacked_bands is None else None
+    if stacked_bands is None:
+        stacked_bands = per_frame[0] if per_frame else (1, 2, 3, 4, 5, 6)
+    if inputs and isinstance(inputs[0], Frame):
+        frames = list(inputs)
+    elif per_frame and len(per_frame) > 1 and len(inputs) == 1 and Path(str(inputs[0])).is_file() \
+            and not GRANULE_RE.search(Path(str(inputs[0])).name):
+        path = str(inputs[0])  # all frames in one stacked file, frame-major
+        frames = [stacked_frame(path, bands, stacked_fmask_band, datetime=date_from_name(path)) for bands in per_frame]
+    else:
+        frames = frames_from_inputs([str(i) for i in inputs], stacked_bands=stacked_bands,
+                                    stacked_fmask_band=stacked_fmask_band)
     if len(frames) != info.num_frames:
         raise DataError(f"the model '{checkpoint}' takes {info.num_frames} frame(s), got {len(frames)}: "
                         + ", ".join(str(f.granule_id) for f in frames))
@@ -144,8 +174,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         overlap = min(overlap, tile // 4 // info.patch_size[1] * info.patch_size[1])
     tile = int(tile)
     temporal, location = _coords(model, frames)
-    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
-    tags = {"geofm_checkpoint": str(folder), "geofm_task": info.task,
+    files = _model_files(checkpoint, info)
+    tags = {"geofm_checkpoint": str(checkpoint), "geofm_task": info.task, "geofm_model_layout": info.layout,
             "geofm_frames": ",".join(str(f.granule_id) for f in frames)}
     if info.task == "segmentation":
         spec = (OutputSpec.probabilities if probabilities else OutputSpec.classes)(info.num_classes, info.class_names)
@@ -159,12 +189,46 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         pass_hidden = True
     result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
                            overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
-                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(folder), progress=progress,
-                           tags=tags)
+                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files), progress=progress,
+                           tags=tags, nodata_fill=info.nodata_fill)
     if quicklook:
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
         scene_quicklook(frames, out_path, png, class_names=info.class_names)
     return result
+
+
+def check_device(device: str) -> None:
+    """:class:`ConfigError` unless ``device`` names a torch device this build and machine have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device '{device}' is not a torch device name (cpu, cuda, cuda:N, mps): {e}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device '{device}': {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device '{device}': only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device '{device}': MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device '{device}': expected cpu, cuda, cuda:N or mps")
+
+
+def check_prediction_paths(out_path: str | os.PathLike, quicklook: bool | str | os.PathLike = False,
+                           overwrite: bool = True) -> None:
+    """The output GeoTIFF (and quicklook PNG) can be written: before any reading or computing."""
+    from geofm.io import check_output_file
+
+    out = Path(out_path)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(f"--out '{out}' must be a GeoTIFF path ending in .tif or .tiff")
+    check_output_file(out, "--out", overwrite=overwrite)
+    if out.exists():
+        log.warning("%s exists and will be replaced", out)
+    if quicklook:
+        png = out.with_suffix(".png") if quicklook is True else Path(quicklook)
+        check_output_file(png, "--quicklook", overwrite=overwrite)
 
 
 def _read_small(path: str, bands: Sequence[int], size: tuple[int, int]) -> np.ndarray:
