@@ -102,3 +102,15 @@ def test_module_on_the_real_instageo_stack(shared_data):
 
 def test_fmask_bits_of_the_converted_cfmask():
     assert cfmask_to_hls_fmask(np.array([4]))[0] == 1 << FMASK_BITS["cloud"]
+
+
+def test_mask_fitted_to_a_series_is_deterministic():
+    m = np.zeros((40, 40), bool)
+    m[:10, :10] = True  # a cloud in one corner
+    bank = CloudMaskBank([])
+    bank.add(m, "corner")
+    w = bank.placed(0, 20, 20)  # larger mask: the 20 x 20 window with a cloudy fraction closest to 25 %
+    assert w.shape == (20, 20) and w.mean() == 0.25 and np.array_equal(w, bank.placed(0, 20, 20))
+    small = bank.placed(0, 50, 90)  # smaller: tiled
+    assert small.shape == (50, 90) and np.array_equal(small[:40, :40], m)
+    assert np.array_equal(small[:10, 40:50], m[:10, :10])

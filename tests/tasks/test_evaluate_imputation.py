@@ -1,4 +1,4 @@
-"""``geofm evaluate-imputation``: the fixed-mask protocol for an export and for predictions made by ``geofm predict``."""
+"""``geofm evaluate-imputation``: the fixed-mask protocol for an export, and for predictions of ``geofm predict``."""
 
 import json
 

@@ -159,8 +159,9 @@ def write_landcover(path: str | Path, tile: str = "10SEG", size: int = 3660, see
                                           nodata=255))
 
 def write_series_from_image(image: str | Path, out_dir: str | Path, *, bands: Sequence[int] = (2, 3, 4, 5, 6, 7),
-                            rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None, dates: int = 6, start: str = "2020-04-01",
-                            step_days: int = 16, seed: int = 0) -> list[Path]:
+                            rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
+                            dates: int = 6, start: str = "2020-04-01", step_days: int = 16,
+                            seed: int = 0) -> list[Path]:
     """A time series with known truth made from one real image: one 6-band GeoTIFF per date (int16
     reflectance ×10000, the image's CRS and grid) with a clear sidecar ``.Fmask.tif`` (all 0).
 

@@ -267,9 +267,8 @@ def build_imputation_datamodule(cfg: FinetuneConfig, run_dir: Path | None, commo
         gap_frames=d.gap_frames, min_hidden=d.min_hidden, own_masks=d.own_masks,
         val_series=series_of(d.val_series) or None, test_series=test_series or None,
         test_masks=None if d.test_masks is None else paths(d.test_masks), test_frames=d.test_frames,
-        test_stride=d.test_stride, val_samples=d.val_samples, **{k: v for k, v in common.items() if k not in ("label_fraction", "seed",
-                                                                                   "label_seed", "val_fraction",
-                                                                                   "test_fraction")})
+        test_stride=d.test_stride, val_samples=d.val_samples,
+        **{k: common[k] for k in ("batch_size", "eval_batch_size", "num_workers", "augment", "mean", "std")})
 
 
 def _open_image(path: str):

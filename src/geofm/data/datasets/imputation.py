@@ -396,9 +396,10 @@ class ImputationDataModule(SplitsDataModule):
                  gap_frames: Sequence[int] | None = None, min_hidden: float = 0.02, own_masks: bool = True,
                  val_series: Sequence | None = None, test_series: Sequence | None = None,
                  test_masks: Sequence[str] | None = None, test_frames: Sequence[int] | None = None,
-                 test_stride: int | None = None, val_samples: int | None = None, batch_size: int = 4, eval_batch_size: int | None = None,
+                 test_stride: int | None = None, val_samples: int | None = None, batch_size: int = 4,
+                 eval_batch_size: int | None = None,
                  num_workers: int = 0, augment: bool = True, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, norm_stats_name: str = "v1", **_unused):
+                 std: Sequence[float] | None = None, norm_stats_name: str = "v1"):
         if not series:
             raise DataError("imputation data needs at least one series (data.series, data.stacks or data.store)")
         if mean is None or std is None:
