@@ -100,6 +100,28 @@ def _snapshot_from_cache(repo_id: str) -> Path:
 
 
 # --------------------------------------------------------------------------- reading
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` that never runs code: weights_only=True, passed explicitly (so that
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off), with torch's allowlist of plain types
+    only. Every checkpoint geofm reads, Lightning's resume included, goes through here.
+    A refused or unreadable file is a :class:`CheckpointError` naming it.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise CheckpointError(f"cannot read checkpoint '{path}': not a PyTorch (zip or pickle) file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        raise CheckpointError(f"refusing to load '{path}': it carries more than tensors and plain values, "
+                              f"which could run code when unpickled ({why})") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e}") from e
+
+
 def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     """Load weights (and configuration, when the source carries one) from any supported layout."""
     path = resolve_path(source)
@@ -115,18 +137,7 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
         except Exception as e:
             raise CheckpointError(f"cannot read safetensors file '{path}': {e}") from e
     else:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
-            raise CheckpointError(f"cannot read checkpoint '{path}': not a PyTorch (zip or pickle) file")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"refusing to load '{path}': it is not a plain tensor checkpoint (weights_only=True rejected it: "
-                f"{str(e).splitlines()[0]})") from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise CheckpointError(f"cannot read checkpoint '{path}': {e}") from e
+        raw = safe_torch_load(path)
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         hp = raw.get("hyper_parameters") or {}
         if config is None and isinstance(hp, dict) and isinstance(hp.get("model_config"), dict):

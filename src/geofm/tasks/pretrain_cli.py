@@ -16,8 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geofm.tasks.finetune import quiet_lightning
     from geofm.tasks.pretrain_config import load_pretrain_config
 
+    quiet_lightning(getattr(args, "verbose", 0))
     cfg = load_pretrain_config(args.config, args.overrides)
     from geofm.tasks.pretrain import run_pretrain
 
