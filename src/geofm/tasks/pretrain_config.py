@@ -157,6 +157,9 @@ def check_config(cfg: PretrainConfig) -> dict[str, Any]:
     if d.index is not None and not Path(d.index).is_file():
         raise ConfigError(f"data.index '{d.index}' does not exist")
     check_train_chips(cfg)
+    from geofm.runtime import check_accelerator
+
+    check_accelerator(t.accelerator)
     if t.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {t.precision!r}")
     if t.strategy == "fsdp" and t.compile:
