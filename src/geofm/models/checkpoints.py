@@ -70,7 +70,8 @@ def resolve_path(source: str | os.PathLike) -> Path:
             log.warning("several weight files in %s, using %s", path, found[0].name)
         return found[0]
     text = str(source)
-    if re.fullmatch(r"(hf://)?[\w.-]+/[\w.-]+", text) and not path.exists():
+    looks_local = text.startswith((".", "/", "~")) or path.suffix in WEIGHT_SUFFIXES or path.parent.is_dir()
+    if text.startswith("hf://") or (re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not looks_local):
         return resolve_path(_snapshot_from_cache(text.removeprefix("hf://")))
     raise CheckpointError(f"checkpoint '{source}' not found: expected a file, a model folder, or a "
                           "Hugging Face repo id present in the local cache")
@@ -95,8 +96,9 @@ def _snapshot_from_cache(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as e:  # huggingface_hub raises several types for "not cached"
         raise CheckpointError(
-            f"'{repo_id}' is not in the local Hugging Face cache and geofm does not download at load time; "
-            f"run `huggingface-cli download {repo_id}` first ({type(e).__name__})") from e
+            f"checkpoint '{repo_id}' not found: no such local file or folder, and it is not in the local "
+            f"Hugging Face cache (geofm does not download at load time; if it is a repo id, fetch it once with "
+            f"`huggingface-cli download {repo_id}`)") from e
 
 
 # --------------------------------------------------------------------------- reading

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geofm.io import check_output_dir
+
+    check_output_dir(args.output, "OUT")
     ckpt = read_checkpoint(args.input)
     if args.model:
         config = build_config(args.model)
