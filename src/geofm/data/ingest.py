@@ -199,7 +199,7 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
                 grid = hls.check_same_grid(group)
             except DataError as e:
                 skipped.append((f"{tile} series {k}", str(e)))
-                log.warning("skipping series %d of tile %s: %s", k, tile, e)
+                log.info("skipping series %d of tile %s: %s", k, tile, e)
                 continue
             rows, cols = grid.height // cfg.chip_size, grid.width // cfg.chip_size
             if rows == 0 or cols == 0:

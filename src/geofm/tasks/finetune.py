@@ -165,6 +165,12 @@ def check_values(cfg: FinetuneConfig) -> None:
                           f"{d.val_fraction} + {d.test_fraction}")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if d.dataset != "imputation":
+        root = resolve_path(d.root)
+        if root is None:
+            raise ConfigError(f"data.root is required: the {d.dataset} dataset folder")
+        if not Path(root).is_dir():
+            raise ConfigError(f"data.root '{root}' is not a folder: expected the {d.dataset} dataset there")
     check_accelerator(t.accelerator)
 
 

@@ -252,12 +252,18 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     """
     from lightning.fabric.utilities.seed import seed_everything
 
+    from geofm.io import check_output_dir
+    from geofm.models.checkpoints import safe_torch_load
+
     prepare_store(cfg)
     mopts = model_options(cfg)
     check_config(cfg)
     run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(run_dir, "out_dir")
     ckpt_path = resolve_resume(cfg, run_dir)
+    if ckpt_path is not None:  # a refused checkpoint fails here, before the run folder changes
+        safe_torch_load(ckpt_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     trainer = build_trainer(cfg, run_dir, callbacks)
     if trainer.is_global_zero:
