@@ -210,7 +210,7 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
                            "transform": list(grid.transform), "width": grid.width, "height": grid.height,
                            "rows": rows, "cols": cols, "rows_per_task": per_task})
     if not series:
-        raise DataError("nothing to ingest: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
+        raise DataError("nothing to ingest: " + summarize_skipped(skipped))
     shard = max(s["cols"] for s in series)
     tasks, row_id = [], 0
     for i, s in enumerate(series):
@@ -227,6 +227,12 @@ def grid_key(g: hls.Grid) -> str:
     """8 digits naming a grid, the same in every process and run (Python's ``hash`` is salted per process)."""
     text = json.dumps([g.crs, [round(v, 9) for v in g.transform], g.width, g.height])
     return f"{int(hashlib.sha256(text.encode()).hexdigest()[:15], 16) % 10**8:08d}"
+
+
+def summarize_skipped(skipped: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """The first ``shown`` of (what, why) pairs, and how many more there are."""
+    text = "; ".join(f"{a}: {b}" for a, b in skipped[:shown])
+    return text + (f" (and {len(skipped) - shown} more)" if len(skipped) > shown else "")
 
 
 def _aligned_rows(frame: hls.Frame, chip: int, max_rows: int = 8) -> int:
@@ -441,7 +447,7 @@ def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, 
         raise DataError(f"no GeoTIFF files (.tif, .tiff, .gtif) found in {', '.join(repr(i) for i in inputs)}")
     frames, skipped = discover_frames(files, cfg)
     if not frames:
-        raise DataError("no usable frames: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
+        raise DataError("no usable frames: " + summarize_skipped(skipped))
     plan, more = plan_ingest(frames, cfg)
     skipped += more
     plan_bytes = json.dumps(plan, sort_keys=True).encode()
