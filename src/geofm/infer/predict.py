@@ -112,14 +112,23 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     return predict
 
 
-def _run_id(checkpoint: Path) -> str:
+def _run_id(files: Sequence[Path]) -> str:
+    """Fingerprint of the model files (size, mtime; the content of small config files)."""
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        f = checkpoint / name
+    for f in files:
         st = f.stat()
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update((checkpoint / "config.json").read_bytes())
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if f.suffix in (".json", ".yaml", ".yml", ".py"):
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _model_files(checkpoint: Path, info) -> list[Path]:
+    files = info.extra.get("files") if isinstance(info.extra, dict) else None
+    if files:
+        return [Path(f) for f in files]
+    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
+    return [folder / "config.json", folder / "model.safetensors"]
 
 
 def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Sequence[Frame],
@@ -127,7 +136,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        batch_size: int = 8, probabilities: bool = False, device: str = "cpu",
                        block: int = 512, overviews: bool = True, resume: bool = True,
                        quicklook: bool | str | os.PathLike = False,
-                       stacked_bands: Sequence[int] = (1, 2, 3, 4, 5, 6), stacked_fmask_band: int | None = None,
+                       stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
                        progress: Callable[[int, int], None] | None = None, overwrite: bool = True) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
@@ -138,15 +147,32 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     ``tile=None`` uses the model's training size. ``quicklook``: True (``OUT.png``) or a PNG path.
     An existing ``out_path`` is replaced (with a warning) when ``overwrite``, else refused. The
     device and the output paths are checked before the model is read.
+
+    ``checkpoint`` may also be a released fine-tune as published (see :mod:`geofm.models.released`):
+    its band selection, scaling, normalization and nodata replacement come with it, so
+    ``stacked_bands=None`` takes the model's bands (e.g. Sentinel-2 bands 2,3,4,9,12,13 of a
+    13-band Sen1Floods11 stack; 1-6 for geofm exports). A multi-frame model whose frames are
+    consecutive bands of one stacked file (the v1 crop model's 18-band chips) takes that one file.
     """
+    from geofm.data.ingest import date_from_name
     from geofm.models.segmentation import load_finetuned
 
     check_device(device)
     check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
     model, info = load_finetuned(checkpoint)
-    frames = list(inputs) if inputs and isinstance(inputs[0], Frame) else frames_from_inputs(
-        [str(i) for i in inputs], stacked_bands=stacked_bands, stacked_fmask_band=stacked_fmask_band)
+    per_frame = info.stacked_bands if stacked_bands is None else None
+    if stacked_bands is None:
+        stacked_bands = per_frame[0] if per_frame else (1, 2, 3, 4, 5, 6)
+    if inputs and isinstance(inputs[0], Frame):
+        frames = list(inputs)
+    elif per_frame and len(per_frame) > 1 and len(inputs) == 1 and Path(str(inputs[0])).is_file() \
+            and not GRANULE_RE.search(Path(str(inputs[0])).name):
+        path = str(inputs[0])  # all frames in one stacked file, frame-major
+        frames = [stacked_frame(path, bands, stacked_fmask_band, datetime=date_from_name(path)) for bands in per_frame]
+    else:
+        frames = frames_from_inputs([str(i) for i in inputs], stacked_bands=stacked_bands,
+                                    stacked_fmask_band=stacked_fmask_band)
     if len(frames) != info.num_frames:
         raise DataError(f"the model '{checkpoint}' takes {info.num_frames} frame(s), got {len(frames)}: "
                         + ", ".join(str(f.granule_id) for f in frames))
@@ -155,8 +181,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
             raise DataError(f"frame '{f.granule_id}' has {len(f.sources)} bands, the model takes {info.in_chans}")
     tile = int(tile or info.img_size)
     temporal, location = _coords(model, frames)
-    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
-    tags = {"geofm_checkpoint": str(folder), "geofm_task": info.task,
+    files = _model_files(checkpoint, info)
+    tags = {"geofm_checkpoint": str(checkpoint), "geofm_task": info.task, "geofm_model_layout": info.layout,
             "geofm_frames": ",".join(str(f.granule_id) for f in frames)}
     if info.task == "segmentation":
         spec = (OutputSpec.probabilities if probabilities else OutputSpec.classes)(info.num_classes, info.class_names)
@@ -170,8 +196,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         pass_hidden = True
     result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
                            overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
-                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(folder), progress=progress,
-                           tags=tags)
+                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files), progress=progress,
+                           tags=tags, nodata_fill=info.nodata_fill)
     if quicklook:
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
         scene_quicklook(frames, out_path, png, class_names=info.class_names)

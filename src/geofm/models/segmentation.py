@@ -147,6 +147,12 @@ class FinetunedInfo:
     ``mean``/``std`` are per band in reflectance ×10000: ``x = (raw - mean) / std``; raw
     ``nodata`` pixels become :data:`geofm.bands.NORMALIZED_NODATA`. ``img_size`` is the tile
     size the model was trained on (any multiple of the patch size works).
+
+    Released models (:mod:`geofm.models.released`) also set ``layout`` ("hls_foundation",
+    "terratorch"), ``nodata_fill`` (per band, the normalized value nodata pixels get, as the
+    released pipeline's nodata replacement gives; None: NORMALIZED_NODATA) and ``stacked_bands``
+    (1-based bands of each frame in a stacked GeoTIFF, e.g. [[2, 3, 4, 9, 12, 13]] for the
+    13-band Sentinel-2 stacks of Sen1Floods11; None: bands 1-6).
     """
 
     task: str
@@ -163,6 +169,9 @@ class FinetunedInfo:
     ignore_index: int | None = -1
     source: str = ""
     extra: dict = field(default_factory=dict)
+    layout: str = "geofm"
+    nodata_fill: list[float] | None = None
+    stacked_bands: list[list[int]] | None = None
 
 
 def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.PathLike, *, task: str,
@@ -215,27 +224,32 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
 
 
 def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
-    """Load an export of :func:`save_finetuned` (or a plain MAE export) in eval mode.
+    """Load a fine-tuned model in eval mode: an export of :func:`save_finetuned` (or a plain MAE
+    export), or a released fine-tune as published (hls-foundation-os ``.pth`` + ``.py``, TerraTorch
+    Lightning checkpoint or Hugging Face folder; see :mod:`geofm.models.released`).
 
-    ``path`` is the export folder or its ``model.safetensors``. Returns the model
-    (:class:`SegmentationModel`: ``model(x) -> (B, K, H, W)`` logits; :class:`PrithviMAE` for
+    ``path`` is the export folder or its ``model.safetensors``, or the released file/folder. Returns
+    the model (``model(x) -> (B, K, H, W)`` logits for segmentation; :class:`PrithviMAE` for
     imputation) and its :class:`FinetunedInfo`.
     """
     from safetensors.torch import load_file
 
     from geofm.models.checkpoints import config_from_json
     from geofm.models.presets import build_config, create_model
+    from geofm.models.released import find_layout, load_released
 
     p = Path(path)
     folder = p.parent if p.is_file() else p
     cfg_file, weights = folder / "config.json", folder / "model.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
-        raise CheckpointError(f"'{path}' is not a geofm export: expected config.json and model.safetensors "
-                              f"in '{folder}'")
+        find_layout(path)  # raises, naming the layouts tried, when none fits
+        return load_released(path)
     try:
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"'{cfg_file}' is not valid JSON: {e}") from e
+    if "released" in raw:
+        return load_released(folder)
     task = raw.get("geofm_task", "imputation")
     if task not in TASKS:
         raise CheckpointError(f"'{cfg_file}': geofm_task must be one of {TASKS}, got {task!r}")

@@ -5,7 +5,7 @@ is ``auto`` (one process, or DDP when several devices), ``ddp`` or ``fsdp``. On 
 the gloo backend through :class:`CPUFSDPStrategy` (Lightning's own check refuses CPU).
 
 Every checkpoint the Trainer reads (``trainer.resume``, auto-resume of ``last.ckpt``) goes
-through :func:`geofm.models.checkpoints.safe_torch_load` (:class:`SafeCheckpointIO`), whatever
+through :func:`geofm.models.checkpoints.load_torch_file` (:class:`SafeCheckpointIO`), whatever
 the environment says about torch's ``weights_only`` default.
 """
 
@@ -22,9 +22,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO, reading through geofm's safe reader (never unpickles code)."""
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        from geofm.models.checkpoints import safe_torch_load
+        from geofm.models.checkpoints import load_torch_file
 
-        return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+        return load_torch_file(path)
 
 
 def make_strategy(name: str):
@@ -101,9 +101,9 @@ class CPUFSDPStrategy(FSDPStrategy):
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         from pathlib import Path
 
-        from geofm.models.checkpoints import safe_torch_load
+        from geofm.models.checkpoints import load_torch_file
 
         if Path(checkpoint_path).is_file():  # FSDP reads full checkpoints with its own unpickler: check first
-            safe_torch_load(checkpoint_path)
+            load_torch_file(checkpoint_path)
         with _cpu_full_state_dict(self):
             return super().load_checkpoint(checkpoint_path, weights_only)

@@ -253,7 +253,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     from lightning.fabric.utilities.seed import seed_everything
 
     from geofm.io import check_output_dir
-    from geofm.models.checkpoints import safe_torch_load
+    from geofm.models.checkpoints import load_torch_file
 
     prepare_store(cfg)
     mopts = model_options(cfg)
@@ -262,7 +262,7 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     check_output_dir(run_dir, "out_dir")
     ckpt_path = resolve_resume(cfg, run_dir)
     if ckpt_path is not None:  # a refused checkpoint fails here, before the run folder changes
-        safe_torch_load(ckpt_path)
+        load_torch_file(ckpt_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     trainer = build_trainer(cfg, run_dir, callbacks)
