@@ -86,6 +86,30 @@ def check_config(cfg: IngestConfig) -> None:
                 raise DataError(f"landcover map '{cfg.landcover}' has no CRS: expected a georeferenced GeoTIFF")
 
 
+def check_scheduler(scheduler: str | None, timeout: float = 5.0) -> None:
+    """A ``tcp://host:port`` (or ``host:port``) Dask scheduler answers, before anything is written."""
+    if scheduler in (None, "sync"):
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if url.scheme != "tcp":
+        return  # tls://, ucx:// ... are left to Dask
+    try:
+        host, port = url.hostname, url.port or 8786  # Dask's default scheduler port
+    except ValueError:
+        host = None
+    if not host:
+        raise ConfigError(f"--scheduler '{scheduler}' is not a Dask scheduler address (tcp://host:port), "
+                          "nor 'sync'")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise DataError(f"--scheduler '{scheduler}': no Dask scheduler answers there ({e}); give the address of "
+                        "a running one, omit --scheduler for a LocalCluster, or use 'sync'") from e
+
+
 def _opt(name: str) -> str:
     """An option as the library and the command line call it: ``chip_size (--chip-size)``."""
     return f"{name} (--{name.replace('_', '-')})"
@@ -441,6 +465,7 @@ def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, 
     cfg = cfg or IngestConfig()
     check_config(cfg)
     check_output(out, storage_options)
+    check_scheduler(scheduler)
     loc = store.Location(out, storage_options)
     files = expand_inputs(inputs)
     if not files:
@@ -504,7 +529,12 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
                                dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError) as e:  # unreachable (timeout) or not an address
+            raise DataError(f"--scheduler '{scheduler}': cannot connect to a Dask scheduler there ({e}); give "
+                            "the address of a running one (tcp://host:8786), omit it for a LocalCluster, or "
+                            "use 'sync'") from e
     try:
         plan_future = client.scatter(plan, broadcast=True)
         futures = [client.submit(_run_task_reporting, loc.url, loc.storage_options, plan_future, i, pure=False)

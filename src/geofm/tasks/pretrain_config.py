@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geofm.config import load_config
-from geofm.data.datamodule import DataSection
+from geofm.data.loader_config import DataSection
 from geofm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
