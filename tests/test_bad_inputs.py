@@ -310,6 +310,23 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, ws):
         assert snapshot(p) == before[name], f"{p} was created or changed"
 
 
+FAULTS = """
+## Faults and data errors (tests/test_hardening.py)
+
+| case | what happens |
+|---|---|
+| a truncated COG read by a worker of the default LocalCluster | `geofm ingest: error: cannot read band 1 of '.../HLS.S30.T10SEG.2020172T184919.v2.0.B04.tif' (a truncated or corrupt file?): Read failed. ...`, exit 2, the same line as with `--scheduler sync`; after the file is restored the same command resumes and completes the store |
+| a float Fmask with fractions (0.9) | `Fmask band 7 of '...' has float32 values that are not whole numbers (e.g. 0.9), expected integer Fmask codes 0-255: is this band really the Fmask?` (a cast made 0.9 "clear"); whole-number floats are read; -9999 (a stack's nodata) is fill |
+| an Fmask value above 255 | `Fmask band 7 of 'x.tif' has values above 255 (e.g. 300), expected Fmask codes 0-255` |
+| a stacked-GeoTIFF store rerun in a new process, or with the folder given absolute instead of relative | completes / "already complete" (the tile key is a sha256 of the grid, input paths are absolute) |
+| `--cloud-bits cloud,foo`, a missing `--landcover`, `--chip-size 0` | nothing written, so the corrected command runs |
+| an index of 0 chips for `geofm pretrain` | refused before the run folder exists; a run that took 0 optimizer steps never exports |
+| a code-carrying `last.ckpt` with `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` | `refusing to load '.../last.ckpt': it carries more than tensors and plain values, which could run code when unpickled (Trying to load unsupported GLOBAL posix.system ...)`; the payload never runs (Lightning's checkpoint IO reads through the same reader) |
+| `geofm experiment --strategies full,frozn` | refused before the first run trains |
+| an existing `geofm predict --out` without `--overwrite` | refused before the model is read; the library call replaces it with a warning |
+"""
+
+
 def _markdown() -> str:
     """docs/errors.md: every case with the message it gets (runs the table in a scratch workspace)."""
     import tempfile
@@ -332,6 +349,7 @@ def _markdown() -> str:
             message = message.replace("|", "\\|")
             out.append(f"| {case.id} | `geofm {args}` | {message} |")
         w["readonly"].chmod(0o755)
+    out += ["", FAULTS.strip()]
     return "\n".join(out) + "\n"
 
 
