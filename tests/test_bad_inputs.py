@@ -168,6 +168,7 @@ CASES = [
     Case("finetune-batch-size-0", [*FINETUNE, "data.batch_size=0"], ["data.batch_size", "0"], ["new"]),
     Case("finetune-dataset-folder-missing", [*FINETUNE, "data.root={ws}/no_dataset"], ["data.root", "no_dataset"],
          ["new"]),
+    Case("finetune-run-dir-is-a-file", [*FINETUNE[:-1], "run_dir={file}"], ["run_dir", "afile.txt"], ["file"]),
     Case("finetune-config-missing", ["finetune", "--config", "{ws}/no_config.yaml"], ["no_config.yaml"], []),
     # ------------------------------------------------------------------ experiment
     Case("experiment-label-fractions-out-of-range", [*EXPERIMENT, "--label-fractions", "0,1.5", "--out", "{new}"],

@@ -334,8 +334,10 @@ def run_finetune(cfg: FinetuneConfig, stage: str = "fit") -> Path:
 
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
+    from geofm.io import check_output_dir
+
     tune_cpu_allocator()
-    run_dir = run_dir_of(cfg)
+    run_dir = check_output_dir(run_dir_of(cfg), "run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / ("config.yaml" if stage == "fit" else f"config_{stage}.yaml"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
