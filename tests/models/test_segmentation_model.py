@@ -109,7 +109,7 @@ def test_imputation_export_and_plain_mae_export(tmp_path):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="config.json and model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"geofm export \(config.json \+ model.safetensors\)"):
         load_finetuned(tmp_path)
     model = build_segmentation_model("prithvi_tiny", num_classes=2)
     mean, std = norm_stats("v1")

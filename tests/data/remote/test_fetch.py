@@ -76,12 +76,13 @@ def test_prithvi_bands_only_with_a_token(nasa, tmp_path, no_earthdata_env, caplo
 
 def test_netrc_login_through_a_redirect_to_the_login_host(nasa, tmp_path, netrc_login):
     items = _items(nasa, {L30_ID})
-    res = F.fetch(items, tmp_path, workers=1)
+    res = F.fetch(items, tmp_path, workers=2)
     assert len(res.downloaded) == 7 and not res.failed
     for path, data in _expected(nasa, items, tmp_path).items():
         assert path.read_bytes() == data
     logins = nasa.requests_to("/oauth/authorize")
-    assert len(logins) == 1 and logins[0]["host"].startswith("localhost") and logins[0]["auth"] == "Basic"
+    assert 1 <= len(logins) <= 2  # the two threads share the session cookie: one login each at most
+    assert all(r["host"].startswith("localhost") and r["auth"] == "Basic" for r in logins)
     # the password went to the login host only; later files used the session cookie
     assert all(r["auth"] == "" for r in nasa.log if not r["host"].startswith("localhost"))
     assert sum(1 for r in nasa.requests_to("/lp-prod-protected/") if r["cookie"]) >= 7

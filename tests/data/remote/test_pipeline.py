@@ -49,6 +49,10 @@ def test_search_fetch_ingest_and_streamed_ingest(nasa, tmp_path, no_earthdata_en
     assert streamed and all(r["range"] for r in streamed if r["method"] == "GET")
     assert all(r["auth_value"] == f"Bearer {TOKEN}" for r in streamed)
     assert "GDAL_HTTP_BEARER" not in os.environ  # restored after the run
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    assert main(["ingest", str(empty), "--out", str(tmp_path / "e.zarr"), *common]) == 2
+    assert "empty.json' holds no granule" in capsys.readouterr().err
     (m1, c1), (m2, c2) = _chips(tmp_path / "local.zarr"), _chips(tmp_path / "streamed.zarr")
     assert len(m1["slot"]) == len(m2["slot"]) == 4  # one 3-frame series of 64 px, 2x2 chips of 32 px
     np.testing.assert_array_equal(c1, c2)
@@ -86,7 +90,7 @@ def test_kill_9_then_rerun_gives_complete_identical_files(nasa, tmp_path, no_ear
     doc = _search(nasa, manifest)
     out = tmp_path / "hls"
     env = dict(os.environ, EARTHDATA_TOKEN=TOKEN)
-    nasa.faults["slow"] = 40_000  # bytes/s: a file takes a fraction of a second
+    nasa.faults["slow"] = 20_000  # bytes/s: a file (2 chunks of 4 kB) takes 0.4 s
     cmd = [sys.executable, "-m", "geofm.cli", "fetch", str(manifest), "--out", str(out), "--workers", "2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err.txt", "w"))
     deadline = time.monotonic() + 60

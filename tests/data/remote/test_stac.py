@@ -95,6 +95,10 @@ def test_manifest_summary_quicklook(nasa, tmp_path):
     items = stac.read_manifest(path)
     assert [it["id"] for it in items] == [it["id"] for it in res.items]
     assert stac.is_manifest(str(path))
+    import pystac
+
+    ic = pystac.ItemCollection.from_file(str(path))  # a valid STAC ItemCollection for other tools too
+    assert [i.id for i in ic] == [it["id"] for it in items] and ic.items[0].assets["B02"].href.endswith(".B02.tif")
     s = stac.summarize(items)
     assert s["collections"] == {"HLSL30_2.0": 1, "HLSS30_2.0": 4}
     assert s["tiles"] == {"10SEG": 4, "11SKA": 1}

@@ -56,7 +56,8 @@ class Credentials:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.token, self.password) if s)
+        """The token and password (those long enough to be told apart from ordinary text)."""
+        return tuple(s for s in (self.token, self.password) if s and len(s) >= 4)
 
     @property
     def how_to_login(self) -> str:

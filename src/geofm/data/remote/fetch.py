@@ -139,16 +139,20 @@ class _Body:
 
 
 class HttpSource:
-    """HTTPS (Earthdata Login) reads; one session per thread, each keeping its login cookie."""
+    """HTTPS (Earthdata Login) reads: one session per thread, one cookie jar for all (one login serves all)."""
 
     def __init__(self, creds: Credentials, retries: int = 8, backoff: float = 0.5, timeout: float = 60.0) -> None:
+        from requests.cookies import RequestsCookieJar
+
         self.creds, self.retries, self.backoff, self.timeout = creds, retries, backoff, timeout
         self._local = threading.local()
+        self._cookies = RequestsCookieJar()  # http.cookiejar locks around every access
 
     def session(self):
         s = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = make_session(self.creds, self.retries, self.backoff)
+            s.cookies = self._cookies
         return s
 
     @contextlib.contextmanager
@@ -260,7 +264,7 @@ class S3Source:
             if code in ("AccessDenied", "ExpiredToken", "InvalidAccessKeyId", "403"):
                 raise AuthError(f"'{url}': S3 refused the temporary credentials from '{self.credentials_url}' "
                                 f"({code}); --access s3 works only in AWS us-west-2; use --access https elsewhere")
-            raise
+            raise PermanentError(f"'{url}': S3 answered {code or status} after {self.http.retries} retries") from e
         body = resp["Body"]
         try:
             if "ContentRange" in resp:

@@ -306,9 +306,11 @@ def is_manifest(path: str) -> bool:
     """True if ``path`` is a local ``.json``/``.geojson`` file holding a FeatureCollection."""
     if "://" in path or not path.endswith((".json", ".geojson")) or not Path(path).is_file():
         return False
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    return b"FeatureCollection" in head
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("type") == "FeatureCollection"
 
 
 def summarize(items: Sequence[dict]) -> dict:

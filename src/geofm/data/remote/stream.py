@@ -27,6 +27,7 @@ def resolve_inputs(inputs: Sequence[str], bands="prithvi", creds=None,
     from geofm.data.remote import stac
     from geofm.data.remote.earthdata import find_credentials, gdal_env, login_cookies, make_session
     from geofm.data.remote.fetch import plan_downloads
+    from geofm.errors import DataError
 
     out: list[str] = []
     urls: list[str] = []
@@ -37,6 +38,8 @@ def resolve_inputs(inputs: Sequence[str], bands="prithvi", creds=None,
         todo, missing = plan_downloads(stac.read_manifest(x), ".", bands)
         for iid, key in missing:
             log.warning("manifest '%s': item %s has no asset %s", x, iid, key)
+        if not todo:
+            raise DataError(f"manifest '{x}' holds no granule with the requested band files (is the search empty?)")
         urls += [d.url for d in todo]
     if not urls:
         return out, {}
