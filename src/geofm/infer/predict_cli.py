@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="1-based bands of stacked GeoTIFF inputs in model order (Blue, Green, Red, NIR, SWIR1, "
                         "SWIR2), e.g. 2,3,4,9,12,13 for a 13-band Sentinel-2 stack (default: the model's own "
                         "bands for released models, else 1,2,3,4,5,6)")
-    p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band of stacked GeoTIFF inputs")
+    p.add_argument("--stacked-fmask-band", type=int,
+                   help="1-based Fmask band (HLS bits) of stacked GeoTIFF inputs; without it a sidecar X.Fmask.tif "
+                        "beside X.tif is used. Imputation models need one or the other (or HLS granules)")
 
 
 def run(args: argparse.Namespace) -> int:

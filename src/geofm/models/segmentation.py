@@ -31,6 +31,7 @@ from geofm.bands import HLS_NODATA, norm_stats
 from geofm.errors import CheckpointError
 from geofm.io import atomic_path
 from geofm.models.heads import FCNHead
+from geofm.models.imputer import Imputer
 from geofm.models.mae import PrithviConfig, PrithviMAE
 from geofm.models.necks import NECKS
 from geofm.models.vit import PrithviViT
@@ -190,8 +191,8 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task == "segmentation" and not isinstance(model, SegmentationModel):
         raise TypeError(f"task 'segmentation' exports a SegmentationModel, got {type(model).__name__}")
-    if task == "imputation" and not isinstance(model, PrithviMAE):
-        raise TypeError(f"task 'imputation' exports a PrithviMAE, got {type(model).__name__}")
+    if task == "imputation" and not isinstance(model, (Imputer, PrithviMAE)):
+        raise TypeError(f"task 'imputation' exports an Imputer or a PrithviMAE, got {type(model).__name__}")
     enc_cfg = model.encoder_config if isinstance(model, SegmentationModel) else model.config
     n_bands = enc_cfg.in_chans
     if not (len(mean) == len(std) == len(bands) == n_bands):
@@ -213,6 +214,8 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
                  "nodata": nodata, "ignore_index": ignore_index},
         "extra": extra or {},
     }
+    if isinstance(model, Imputer):
+        config["model_type"], config["imputer"] = "prithvi_imputer", model.imputer_config
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -224,17 +227,36 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
     return out
 
 
+def _load_checked(model: nn.Module, weights: Path, cfg_file: Path) -> None:
+    """Load ``weights`` into ``model``; a CheckpointError lists missing/unexpected/misshapen tensors."""
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read safetensors file '{weights}': {e}") from e
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in sd] + [f"unexpected {k}" for k in sd if k not in own]
+    problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+                 if k in own and v.shape != own[k].shape]
+    if problems:
+        more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise CheckpointError(f"'{weights}' does not fit the model described by '{cfg_file}': "
+                              + "; ".join(problems[:8]) + more)
+    model.load_state_dict(sd)
+
+
 def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
     """Load a fine-tuned model in eval mode: an export of :func:`save_finetuned` (or a plain MAE
     export), or a released fine-tune as published (hls-foundation-os ``.pth`` + ``.py``, TerraTorch
     Lightning checkpoint or Hugging Face folder; see :mod:`geofm.models.released`).
 
     ``path`` is the export folder or its ``model.safetensors``, or the released file/folder. Returns
-    the model (``model(x) -> (B, K, H, W)`` logits for segmentation; :class:`PrithviMAE` for
-    imputation) and its :class:`FinetunedInfo`.
+    the model (``model(x) -> (B, K, H, W)`` logits for segmentation; an
+    :class:`~geofm.models.imputer.Imputer` for imputation: ``model(x, hidden)`` -> gap-filled
+    (B, C, T, H, W); a plain MAE export loads as ``Imputer(mae, residual="none")``) and its
+    :class:`FinetunedInfo`.
     """
-    from safetensors.torch import load_file
-
     from geofm.models.checkpoints import config_from_json
     from geofm.models.presets import build_config, create_model
     from geofm.models.released import find_layout, load_released
@@ -261,8 +283,11 @@ def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
     if mean is None or std is None:
         mean, std = map(list, norm_stats(model_cfg.norm_stats or "v1"))
     head = raw.get("head") or {}
-    if task == "imputation":
-        model: nn.Module = create_model(None, folder)
+    if task == "imputation" and raw.get("imputer"):
+        model: nn.Module = Imputer(PrithviMAE(model_cfg), **raw["imputer"])
+        _load_checked(model, weights, cfg_file)
+    elif task == "imputation":  # a plain MAE export: the paper's pure reconstruction
+        model = Imputer(create_model(None, folder), residual="none")
     else:
         if not head.get("num_classes"):
             raise CheckpointError(f"'{cfg_file}': a segmentation export needs head.num_classes")
@@ -271,19 +296,7 @@ def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
         kwargs = {k: head[k] for k in ("neck", "num_frames", "neck_channels", "layers", "head_channels",
                                        "head_convs", "dropout") if k in head}
         model = SegmentationModel(encoder, int(head["num_classes"]), **kwargs)
-        try:
-            sd = load_file(str(weights), device="cpu")
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read safetensors file '{weights}': {e}") from e
-        own = model.state_dict()
-        problems = [f"missing {k}" for k in own if k not in sd] + [f"unexpected {k}" for k in sd if k not in own]
-        problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
-                     if k in own and v.shape != own[k].shape]
-        if problems:
-            more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
-            raise CheckpointError(f"'{weights}' does not fit the model described by '{cfg_file}': "
-                                  + "; ".join(problems[:8]) + more)
-        model.load_state_dict(sd)
+        _load_checked(model, weights, cfg_file)
     model.eval()
     info = FinetunedInfo(
         task=task, num_classes=int(head["num_classes"]) if task == "segmentation" else None,
