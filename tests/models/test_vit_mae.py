@@ -128,6 +128,29 @@ def test_loss_only_on_masked_patches(tiny):
         assert tiny.forward_loss(x, changed, mask) > loss + 0.5
 
 
+@pytest.mark.parametrize("norm_pix", [False, True])
+@pytest.mark.parametrize("with_valid", [False, True])
+def test_training_loss_on_masked_tokens_only_equals_full_loss(norm_pix, with_valid):
+    """``return_pred=False`` predicts only the masked patches: same loss and same gradients."""
+    torch.manual_seed(0)
+    model = create_model("prithvi_tiny", norm_pix_loss=norm_pix)
+    x = torch.randn(2, 6, 3, 64, 64)
+    valid = torch.rand(2, 1, 3, 64, 64) > 0.2 if with_valid else None
+    noise = torch.rand(2, 3 * 8 * 8)
+    results = []
+    for return_pred in (True, False):
+        model.zero_grad()
+        loss, pred, mask = model(x, valid=valid, noise=noise, return_pred=return_pred)
+        loss.backward()
+        results.append((loss.detach(), pred, mask, [p.grad.clone() for p in model.parameters()]))
+    (l_full, p_full, m_full, g_full), (l_part, p_part, m_part, g_part) = results
+    assert p_full.shape == (2, 192, 384) and p_part is None
+    torch.testing.assert_close(m_part, m_full)
+    torch.testing.assert_close(l_part, l_full, rtol=1e-6, atol=1e-7)
+    for a, b in zip(g_full, g_part):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_norm_pix_loss():
     torch.manual_seed(0)
     model = create_model("prithvi_tiny", norm_pix_loss=True)
