@@ -54,7 +54,8 @@ def child(spec: dict) -> None:
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from geofm.tasks.pretrain import ChipDataModule, load_pretrain_config, run_pretrain
+    from geofm.data.datamodule import ChipDataModule
+    from geofm.tasks.pretrain import load_pretrain_config, run_pretrain
 
     torch.set_num_threads(1)
 

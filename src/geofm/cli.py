@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("geofm.data.ingest_cli", "HLS scenes -> filtered chips in a Zarr store (Dask, resumable)"),
     "explore": ("geofm.data.explore", "summary statistics and plots of a chip store"),
     "sample": ("geofm.data.sampling", "stratified sample of a chip store -> index for the loader"),
-    "pretrain": ("geofm.tasks.pretrain", "MAE pretraining on a chip store (Lightning: DDP/FSDP, exact resume)"),
+    "pretrain": ("geofm.tasks.pretrain_cli", "MAE pretraining on a chip store (Lightning: DDP/FSDP, exact resume)"),
     "finetune": ("geofm.tasks.finetune", "fine-tune on a downstream task (fit/validate/test/predict) from a YAML"),
     "experiment": ("geofm.tasks.experiment", "data-efficiency grid: strategies x label fractions x seeds -> CSV + plots"),
     "predict": ("geofm.infer.predict_cli", "predict a whole scene with a fine-tuned model -> GeoTIFF (COG)"),
@@ -30,20 +30,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 NOISY_LOGGERS = ("distributed", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``geofm`` parser; only ``command``'s module is imported to add its arguments.
+
+    Every subcommand is listed (name and help line) without importing anything, so
+    ``geofm --help`` and a mistyped command answer at once.
+    """
     parser = argparse.ArgumentParser(prog="geofm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv``: the first word that is not an option (``geofm -v ingest ...``)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

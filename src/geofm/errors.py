@@ -17,3 +17,7 @@ class CheckpointError(GeofmError, ValueError):
 
 class ConfigError(GeofmError, ValueError):
     """A configuration value is unknown, of the wrong type, or inconsistent."""
+
+
+class OutputError(GeofmError, ValueError):
+    """An output path cannot be written as asked (a folder where a file goes, read-only, exists already)."""

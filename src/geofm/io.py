@@ -8,19 +8,26 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from geofm.errors import OutputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     A crash (or exception) inside the block leaves ``path`` untouched and removes the
-    temporary file, so readers never see a half-written output.
+    temporary file, so readers never see a half-written output. The output gets the
+    permissions of a file created with ``open`` (0666 less the umask), not ``mkstemp``'s 0600,
+    so a group can read what a run wrote on a shared cluster.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{suffix}.part", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -28,3 +35,64 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where ``/proc`` says it; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _writable_parent(path: Path, option: str) -> None:
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{option} '{path}' cannot be created: '{parent}' is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} '{path}' cannot be written: the folder '{parent}' is read-only")
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out", *, overwrite: bool = True) -> Path:
+    """Check, before any work, that a file can be written at ``path`` (local paths; URLs pass).
+
+    :class:`~geofm.errors.OutputError` if ``path`` is a folder, is read-only, sits below a file or a
+    read-only folder, or exists while ``overwrite`` is False. ``option`` names it in the message.
+    """
+    path = Path(path)
+    if "://" in str(path):
+        return path
+    if path.is_dir():
+        raise OutputError(f"{option} '{path}' is a folder, expected a file path")
+    if path.exists():
+        if not overwrite:
+            raise OutputError(f"{option} '{path}' exists: pass --overwrite to replace it, or choose another path")
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{option} '{path}' exists and cannot be replaced (read-only)")
+    _writable_parent(path, option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Check, before any work, that files can be written into the folder ``path`` (created if missing).
+
+    :class:`~geofm.errors.OutputError` if ``path`` is a file or cannot be written.
+    """
+    path = Path(path)
+    if "://" in str(path):
+        return path
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} '{path}' is a file, expected a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{option} '{path}' cannot be written: the folder is read-only")
+        return path
+    _writable_parent(path, option)
+    return path

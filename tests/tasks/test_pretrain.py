@@ -229,7 +229,8 @@ def test_two_process_training_matches_one_process(full_batch_single, tiny_overri
 
 # --------------------------------------------------------------------------- TL models get the chip metadata
 def test_tl_model_gets_dates_and_locations_from_the_store(sample_store):
-    from geofm.tasks.pretrain import ChipDataModule, DataSection, MAEPretrainTask
+    from geofm.data.datamodule import ChipDataModule, DataSection
+    from geofm.tasks.pretrain import MAEPretrainTask
 
     dm = ChipDataModule(DataSection(store=str(sample_store), val_fraction=0.0, batch_size=4), return_coords=True)
     dm.setup("fit")
@@ -305,3 +306,17 @@ def test_nodata_pixels_do_not_count_in_the_loss():
         assert task(changed)[0] == pytest.approx(float(task(batch)[0]), rel=1e-2)
         task.exclude_nodata = False
         assert task(changed)[0] > 10 * task(batch)[0]
+
+
+def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(tiny_overrides, tmp_path, capsys, monkeypatch):
+    """Lightning's bar would write carriage-return frames into a log file: plain lines instead."""
+    monkeypatch.setenv("GEOFM_PROGRESS", "plain")
+    monkeypatch.setenv("GEOFM_PROGRESS_EVERY", "0")
+    out = tmp_path / "run"
+    run_pretrain(load_pretrain_config(None, tiny_overrides(out, {"trainer.progress_bar": True,
+                                                                 "trainer.max_steps": 4})))
+    text = capsys.readouterr().out
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("train: ")]
+    assert [line.split(",")[1].strip() for line in lines] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert "train/loss" in lines[-1]

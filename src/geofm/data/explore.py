@@ -16,6 +16,7 @@ import numpy as np
 
 from geofm.bands import HLS_NODATA
 from geofm.data import store as chip_store
+from geofm.errors import ConfigError
 from geofm.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,14 @@ def explore(store: str, out_dir: str | Path, storage_options: dict | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from geofm.io import check_output_dir
+
+    if sample_chips < 1:
+        raise ConfigError(f"--sample-chips must be >= 1, got {sample_chips}")
+    out = check_output_dir(out_dir, "--out")
     loc = chip_store.as_location(store, storage_options)
     attrs = chip_store.store_attrs(loc)
     meta = chip_store.read_metadata(loc)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(meta, attrs)
     n = summary["chips"]

@@ -184,9 +184,30 @@ def frame_grid(frame: Frame) -> Grid:
         if grid is None:
             grid = g
         elif not grid.same_as(g):
-            raise DataError(f"'{p}' is not on the grid of '{paths[0]}': {g.width}x{g.height} {g.transform} "
-                            f"vs {grid.width}x{grid.height} {grid.transform}")
+            raise DataError(f"'{p}' is not on the grid of '{paths[0]}': {grid_difference(g, grid)}")
     return grid
+
+
+def crs_name(crs: str) -> str:
+    """A short name of a CRS: ``EPSG:32610`` when it has one, else the start of its WKT."""
+    from rasterio.crs import CRS
+
+    try:
+        c = CRS.from_user_input(crs)
+    except Exception:  # noqa: BLE001  (rasterio raises CRSError or its own base class)
+        return str(crs)[:60]
+    epsg = c.to_epsg()
+    return f"EPSG:{epsg}" if epsg else c.to_wkt()[:60]
+
+
+def grid_difference(g: Grid, ref: Grid) -> str:
+    """What differs between grid ``g`` and the reference grid ``ref``, in words (CRS first)."""
+    if not _same_crs(g.crs, ref.crs):
+        return (f"it is in CRS {crs_name(g.crs)}, expected {crs_name(ref.crs)} (reproject it onto the "
+                f"reference grid first, e.g. gdalwarp -t_srs {crs_name(ref.crs)})")
+    return (f"{g.width}x{g.height} px at {g.transform[2]:.1f},{g.transform[5]:.1f} ({g.transform[0]:g} m "
+            f"pixels) vs {ref.width}x{ref.height} px at {ref.transform[2]:.1f},{ref.transform[5]:.1f} "
+            f"({ref.transform[0]:g} m pixels)")
 
 
 def check_same_grid(frames: Sequence[Frame]) -> Grid:
@@ -195,9 +216,7 @@ def check_same_grid(frames: Sequence[Frame]) -> Grid:
     for f, g in zip(frames[1:], grids[1:]):
         if not g.same_as(grids[0]):
             raise DataError(f"frame '{f.granule_id}' is not on the grid of '{frames[0].granule_id}': "
-                            f"{g.width}x{g.height} at {g.transform[2]:.1f},{g.transform[5]:.1f} vs "
-                            f"{grids[0].width}x{grids[0].height} at {grids[0].transform[2]:.1f},"
-                            f"{grids[0].transform[5]:.1f} (CRS equal: {_same_crs(g.crs, grids[0].crs)})")
+                            f"{grid_difference(g, grids[0])}")
     return grids[0]
 
 
@@ -232,16 +251,17 @@ def read_frame_window(frame: Frame, window, datasets: dict | None = None, out: n
             except DataError:
                 raise
             except Exception as e:  # rasterio raises several error types for corrupt data
-                raise DataError(f"cannot read band {b} of '{p}': {e}") from e
+                raise DataError(f"cannot read band {b} of '{p}' (a truncated or corrupt file?): {e}") from e
             if nodata_out is not None:
                 nodata_out |= data[i] == HLS_NODATA
         fmask = None
         if frame.fmask is not None:
             p, b = frame.fmask
             try:
-                fmask = ds(p).read(b, window=window).astype(np.uint8, copy=False)
+                raw = ds(p).read(b, window=window)
             except Exception as e:
                 raise DataError(f"cannot read Fmask band {b} of '{p}': {e}") from e
+            fmask = fmask_to_uint8(raw, frame.nodata, f"Fmask band {b} of '{p}'")
         return data, fmask
     finally:
         if own:
@@ -263,6 +283,34 @@ def _to_int16(arr: np.ndarray, nodata: float | None, path: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- Fmask
+def fmask_to_uint8(fmask: np.ndarray, nodata: float | None = None, what: str = "Fmask") -> np.ndarray:
+    """An Fmask layer of any numeric dtype as uint8 codes, checked: no value is silently changed.
+
+    Values must be whole numbers in 0-255; negative values and ``nodata`` (e.g. -9999 in an int16
+    stack) become fill (255). A fraction (0.9 in a float band) or a value above 255 is a
+    :class:`DataError`: casting would turn it into another condition (0.9 -> 0, clear).
+    """
+    if fmask.dtype == np.uint8:
+        return fmask
+    if fmask.dtype.kind not in "iuf":
+        raise DataError(f"{what} has dtype {fmask.dtype}, expected integer Fmask codes 0-255")
+    fill = fmask < 0
+    if nodata is not None:
+        fill |= fmask == nodata
+    if fmask.dtype.kind == "f":
+        fill |= np.isnan(fmask)
+        ok = fill | (fmask == np.floor(fmask))
+        if not ok.all():
+            bad = fmask[~ok].ravel()[0]
+            raise DataError(f"{what} has {fmask.dtype} values that are not whole numbers (e.g. {bad:g}), expected "
+                            "integer Fmask codes 0-255: is this band really the Fmask?")
+    over = ~fill & (fmask > 255)
+    if over.any():
+        raise DataError(f"{what} has values above 255 (e.g. {fmask[over].ravel()[0]:g}), expected Fmask "
+                        f"codes 0-255: is this band really the Fmask?")
+    return np.where(fill, FMASK_FILL, fmask).astype(np.uint8)
+
+
 def decode_fmask(fmask: np.ndarray) -> dict[str, np.ndarray]:
     """Bit-decode an HLS Fmask array into boolean masks (+ ``aerosol`` level 0-3 and ``fill``)."""
     f = np.asarray(fmask).astype(np.uint8)

@@ -16,11 +16,13 @@ skips done tasks; a finished store (``metadata.parquet`` present) is left untouc
 from __future__ import annotations
 
 import dataclasses
-import math
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
+import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +33,7 @@ import numpy as np
 
 from geofm.bands import HLS_NODATA, MODEL_BANDS
 from geofm.data import hls, store
-from geofm.errors import DataError
+from geofm.errors import ConfigError, DataError, GeofmError
 
 log = logging.getLogger(__name__)
 STORE_VERSION = 1
@@ -51,6 +53,65 @@ class IngestConfig:
     rows_per_task: int | None = None  # chip rows per task; None: align strips with the file blocks
 
 
+def check_config(cfg: IngestConfig) -> None:
+    """Every option in range and every named file readable, before anything is written.
+
+    Raises :class:`ConfigError` naming the option (``chip_size`` is ``--chip-size`` on the command line).
+    """
+    for name in ("chip_size", "frames"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{_opt(name)} must be a whole number >= 1, got {value!r}")
+    if cfg.rows_per_task is not None and cfg.rows_per_task < 1:
+        raise ConfigError(f"{_opt('rows_per_task')} must be >= 1, got {cfg.rows_per_task}")
+    for name in ("max_cloud", "max_nodata"):
+        value = getattr(cfg, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{_opt(name)} is a fraction of a chip's pixels and must be in [0, 1], got {value}")
+    unknown = [b for b in cfg.cloud_bits if b not in hls.FMASK_BITS]
+    if unknown:
+        raise ConfigError(f"{_opt('cloud_bits')}: unknown Fmask condition(s) {unknown}; known: {', '.join(hls.FMASK_BITS)}")
+    if len(cfg.stacked_bands) != len(MODEL_BANDS) or any(b < 1 for b in cfg.stacked_bands):
+        raise ConfigError(f"{_opt('stacked_bands')} must be {len(MODEL_BANDS)} 1-based band indices (Blue, Green, Red, NIR, "
+                          f"SWIR1, SWIR2), got {list(cfg.stacked_bands)}")
+    if cfg.stacked_fmask_band is not None and cfg.stacked_fmask_band < 1:
+        raise ConfigError(f"{_opt('stacked_fmask_band')} is 1-based and must be >= 1, got {cfg.stacked_fmask_band}")
+    if cfg.fmask_kind not in ("hls", "cfmask"):
+        raise ConfigError(f"{_opt('fmask_kind')} must be 'hls' or 'cfmask', got {cfg.fmask_kind!r}")
+    if cfg.landcover is not None:
+        if "://" not in cfg.landcover and not Path(cfg.landcover).is_file():
+            raise ConfigError(f"{_opt('landcover')} map '{cfg.landcover}' does not exist")
+        with hls.open_raster(cfg.landcover) as src:
+            if src.crs is None:
+                raise DataError(f"landcover map '{cfg.landcover}' has no CRS: expected a georeferenced GeoTIFF")
+
+
+def _opt(name: str) -> str:
+    """An option as the library and the command line call it: ``chip_size (--chip-size)``."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def check_output(out: str, storage_options: dict | None = None) -> None:
+    """``out`` can hold a chip store: a new path, an empty folder or a store of an earlier ingest.
+
+    A local path that is a file, a non-empty folder that is not a chip store, or a place this
+    process cannot write is a :class:`DataError` before anything is written.
+    """
+    if "://" in out:
+        return
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise DataError(f"--out '{out}' is an existing file, expected a chip store folder (a new path)")
+    if p.is_dir() and any(p.iterdir()) and not (p / store.PLAN).exists():
+        raise DataError(f"--out '{out}' is a non-empty folder that is not a chip store (no {store.PLAN}): "
+                        "choose a new path, an empty folder, or the store of an earlier ingest to resume it")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"--out '{out}' cannot be written: '{parent}' is not a writable folder")
+
+
 # --------------------------------------------------------------------------- planning
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
     """Files of ``inputs``: folders are searched (recursively) for .tif/.tiff/.gtif; URLs pass through."""
@@ -68,9 +129,10 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
             continue
         p = Path(item)
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix in (".tif", ".tiff", ".gtif") and f.is_file())
+            out += sorted(os.path.abspath(f) for f in p.rglob("*")
+                          if f.suffix in (".tif", ".tiff", ".gtif") and f.is_file())
         elif p.is_file():
-            out.append(str(p))
+            out.append(os.path.abspath(p))
         else:
             raise DataError(f"input '{item}' does not exist")
     return out
@@ -122,7 +184,7 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
         key = f.tile
         if key is None:  # stacked file without tile: group by grid
             g = hls.frame_grid(f)
-            key = f"grid{abs(hash((g.crs, g.transform, g.width, g.height))) % 10**8:08d}"
+            key = f"grid{grid_key(g)}"
             f.tile = key
         by_tile.setdefault(key, []).append(f)
     series = []
@@ -159,6 +221,12 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
     plan = {"version": STORE_VERSION, "config": _cfg_to_json(cfg), "series": series, "tasks": tasks,
             "shard": shard, "n_rows": row_id, "bands": list(MODEL_BANDS)}
     return plan, skipped
+
+
+def grid_key(g: hls.Grid) -> str:
+    """8 digits naming a grid, the same in every process and run (Python's ``hash`` is salted per process)."""
+    text = json.dumps([g.crs, [round(v, 9) for v in g.transform], g.width, g.height])
+    return f"{int(hashlib.sha256(text.encode()).hexdigest()[:15], 16) % 10**8:08d}"
 
 
 def _aligned_rows(frame: hls.Frame, chip: int, max_rows: int = 8) -> int:
@@ -421,10 +489,12 @@ def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, 
     """
     t0 = time.perf_counter()
     cfg = cfg or IngestConfig()
+    check_config(cfg)
+    check_output(out, storage_options)
     loc = store.Location(out, storage_options)
     files = expand_inputs(inputs)
     if not files:
-        raise DataError(f"no GeoTIFF files found in {list(inputs)}")
+        raise DataError(f"no GeoTIFF files (.tif, .tiff, .gtif) found in {', '.join(repr(i) for i in inputs)}")
     frames, skipped = discover_frames(files, cfg)
     if not frames:
         raise DataError("no usable frames: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
@@ -473,6 +543,7 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
                 progress(n_done + len(results), total)
         return results
     from dask.distributed import Client, LocalCluster, as_completed
+    from distributed import KilledWorker
 
     cluster = None
     if scheduler is None:
@@ -480,22 +551,54 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
 
         workers = n_workers or min(len(todo), os.cpu_count() or 1)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     else:
         client = Client(scheduler)
     try:
         plan_future = client.scatter(plan, broadcast=True)
-        futures = [client.submit(run_task, loc.url, loc.storage_options, plan_future, i, pure=False) for i in todo]
+        futures = [client.submit(_run_task_reporting, loc.url, loc.storage_options, plan_future, i, pure=False)
+                   for i in todo]
         for fut in as_completed(futures):
-            results.append(fut.result())
+            try:
+                res = fut.result()
+            except KilledWorker as e:
+                raise DataError(f"an ingest task killed its Dask worker (out of memory, or a crash in GDAL on "
+                                f"a damaged input?): {e}") from e
+            if "error" in res:  # a data error on a worker: stop, and say it as the sync scheduler would
+                client.cancel(futures)
+                raise _ERRORS.get(res["kind"], DataError)(res["error"])
+            results.append(res)
             if progress:
                 progress(n_done + len(results), total)
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        previous = logging.root.manager.disable
+        logging.disable(logging.CRITICAL)  # a cluster stopped mid-work logs closed connections: not news
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            logging.disable(previous)
     return results
+
+
+_ERRORS = {"ConfigError": ConfigError, "DataError": DataError}
+
+
+def _run_task_reporting(store_url: str, storage_options: dict | None, plan: dict, task_id: int) -> dict:
+    """:func:`run_task` on a Dask worker: geofm's errors (and IO errors) come back as a plain record.
+
+    Exceptions pass through Dask pickled, and one whose cause cannot be pickled (rasterio's) arrives
+    as a bare ``Exception`` with a traceback; a record keeps the message the sync scheduler shows.
+    """
+    try:
+        return run_task(store_url, storage_options, plan, task_id)
+    except GeofmError as e:
+        return {"task": task_id, "error": str(e), "kind": type(e).__name__}
+    except OSError as e:
+        return {"task": task_id, "error": f"task {task_id} could not write to the store '{store_url}': {e}",
+                "kind": "DataError"}
 
 
 def consolidate(loc: store.Location) -> int:

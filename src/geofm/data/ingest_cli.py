@@ -28,18 +28,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="S3 endpoint (e.g. a MinIO or moto server)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def int_list(text: str, option: str) -> tuple[int, ...]:
+    """``"1,2,3"`` -> (1, 2, 3); a :class:`ConfigError` naming ``option`` otherwise."""
+    from geofm.errors import ConfigError
 
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ConfigError(f"{option} expects comma-separated whole numbers, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
     from geofm.data.ingest import IngestConfig, ingest
+    from geofm.errors import ConfigError
 
     cfg = IngestConfig(chip_size=args.chip_size, frames=args.frames, max_cloud=args.max_cloud,
                        max_nodata=args.max_nodata, cloud_bits=tuple(b for b in args.cloud_bits.split(",") if b),
-                       landcover=args.landcover, stacked_bands=tuple(int(b) for b in args.stacked_bands.split(",")),
+                       landcover=args.landcover, stacked_bands=int_list(args.stacked_bands, "--stacked-bands"),
                        stacked_fmask_band=args.stacked_fmask_band, fmask_kind=args.fmask_kind,
                        rows_per_task=args.rows_per_task)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     so = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
-    bar = tqdm(total=0, unit="task", desc="ingest")
+    from geofm.progress import progress_bar
+
+    bar = progress_bar(total=0, unit="tasks", desc="ingest")
 
     def progress(done: int, total: int) -> None:
         bar.total = total

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from geofm.data import store as chip_store
-from geofm.errors import ConfigError
+from geofm.errors import ConfigError, DataError
 from geofm.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,23 @@ def allocate(sizes: Sequence[int], n: int) -> list[int]:
     return take
 
 
+def check_sample_options(strata: Sequence[str], n: int, lat_step: float) -> None:
+    """:class:`ConfigError` for unknown strata, ``n`` < 1 or a latitude step <= 0 (before any reading)."""
+    unknown = [s for s in strata if s not in STRATA]
+    if unknown:
+        raise ConfigError(f"--strata: unknown {unknown}; available: {', '.join(STRATA)}")
+    if n < 1:
+        raise ConfigError(f"--n is the number of chips to select and must be >= 1, got {n}")
+    if not lat_step > 0:
+        raise ConfigError(f"--lat-step must be > 0 degrees, got {lat_step}")
+
+
 def stratified_sample(meta: dict[str, np.ndarray], strata: Sequence[str], n: int, seed: int = 0,
                       lat_step: float = 10.0) -> tuple[np.ndarray, dict]:
     """Choose ``n`` chip slots balanced over ``strata``. Returns (slots, report)."""
+    check_sample_options(strata, n, lat_step)
+    if len(meta["slot"]) == 0:
+        raise DataError("the store holds no chips: nothing to sample (were all chips filtered at ingest?)")
     keys = strata_keys(meta, strata, lat_step)
     names, inverse, sizes = np.unique(keys, return_inverse=True, return_counts=True)
     quotas = allocate(sizes, n)
@@ -143,9 +157,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geofm.io import check_output_file
+
     so = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
-    meta = chip_store.read_metadata(args.store, so)
     strata = [s for s in args.strata.split(",") if s]
+    check_sample_options(strata, args.n, args.lat_step)
+    out = Path(args.out)
+    if out.suffix.lower() != ".parquet":
+        raise ConfigError(f"--out '{out}' must end in .parquet: the index is a Parquet table of chip slots")
+    for path in (out, out.with_suffix(".json"), out.with_suffix(".png")):
+        check_output_file(path, "--out" if path == out else f"--out (its {path.suffix} beside it)")
+    meta = chip_store.read_metadata(args.store, so)
     slots, report = stratified_sample(meta, strata, args.n, args.seed, args.lat_step)
     out = write_index(args.out, slots, report)
     png = plot_report(report, Path(args.out).with_suffix(".png"))

@@ -221,6 +221,8 @@ def store_attrs(loc: Location) -> dict:
         meta = json.loads(loc.read_bytes("zarr.json"))
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"'{loc.url}' is not a geofm chip store: no zarr.json ({e})") from e
+    except ValueError as e:  # JSONDecodeError
+        raise DataError(f"'{loc.url}/zarr.json' is not valid JSON (damaged store?): {e}") from e
     attrs = meta.get("attributes", {}).get("geofm")
     if not attrs:
         raise DataError(f"'{loc.url}' is a Zarr group without geofm chip-store attributes")
@@ -252,7 +254,13 @@ def read_metadata(store: str | os.PathLike | Location, storage_options: dict | N
     loc = as_location(store, storage_options)
     if not loc.exists(METADATA):
         raise DataError(f"'{loc.url}' has no {METADATA}: the ingest did not finish (rerun it to resume)")
-    table = pq.read_table(io.BytesIO(loc.read_bytes(METADATA)))
+    import pyarrow as pa
+
+    try:
+        table = pq.read_table(io.BytesIO(loc.read_bytes(METADATA)))
+    except pa.ArrowException as e:
+        raise DataError(f"'{loc.url}/{METADATA}' is not a readable Parquet table (damaged? delete it and rerun "
+                        f"the ingest to rebuild it from the task parts): {e}") from e
     return table_columns(table)
 
 

@@ -3,10 +3,16 @@
 >>> from geofm.infer import predict_checkpoint, predict_scene, OutputSpec  # doctest: +SKIP
 """
 
-from geofm.infer.predict import (
-    frames_from_inputs, imputation_predictor, predict_checkpoint, scene_quicklook, segmentation_predictor,
-)
-from geofm.infer.scene import AxisTiling, OutputSpec, SceneResult, predict_scene, ramp_weights
+import importlib
 
-__all__ = ["AxisTiling", "OutputSpec", "SceneResult", "frames_from_inputs", "imputation_predictor",
-           "predict_checkpoint", "predict_scene", "ramp_weights", "scene_quicklook", "segmentation_predictor"]
+_HOME = {"frames_from_inputs": "predict", "imputation_predictor": "predict", "predict_checkpoint": "predict",
+         "scene_quicklook": "predict", "segmentation_predictor": "predict", "AxisTiling": "scene",
+         "OutputSpec": "scene", "SceneResult": "scene", "predict_scene": "scene", "ramp_weights": "scene"}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    """Names load on first use, so ``geofm predict --help`` does not import torch."""
+    if name in _HOME:
+        return getattr(importlib.import_module(f"geofm.infer.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'geofm.infer' has no attribute {name!r}")

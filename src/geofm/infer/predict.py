@@ -128,7 +128,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        block: int = 512, overviews: bool = True, resume: bool = True,
                        quicklook: bool | str | os.PathLike = False,
                        stacked_bands: Sequence[int] = (1, 2, 3, 4, 5, 6), stacked_fmask_band: int | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> SceneResult:
+                       progress: Callable[[int, int], None] | None = None, overwrite: bool = True) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
     ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
@@ -136,9 +136,13 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     uint8 class map (nodata 255) or, with ``probabilities``, float32 per-class probabilities
     (nodata -1); imputation exports write int16 reflectance x10000 (T x C bands, nodata -9999).
     ``tile=None`` uses the model's training size. ``quicklook``: True (``OUT.png``) or a PNG path.
+    An existing ``out_path`` is replaced (with a warning) when ``overwrite``, else refused. The
+    device and the output paths are checked before the model is read.
     """
     from geofm.models.segmentation import load_finetuned
 
+    check_device(device)
+    check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
     model, info = load_finetuned(checkpoint)
     frames = list(inputs) if inputs and isinstance(inputs[0], Frame) else frames_from_inputs(
@@ -172,6 +176,40 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
         scene_quicklook(frames, out_path, png, class_names=info.class_names)
     return result
+
+
+def check_device(device: str) -> None:
+    """:class:`ConfigError` unless ``device`` names a torch device this build and machine have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device '{device}' is not a torch device name (cpu, cuda, cuda:N, mps): {e}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device '{device}': {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device '{device}': only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device '{device}': MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device '{device}': expected cpu, cuda, cuda:N or mps")
+
+
+def check_prediction_paths(out_path: str | os.PathLike, quicklook: bool | str | os.PathLike = False,
+                           overwrite: bool = True) -> None:
+    """The output GeoTIFF (and quicklook PNG) can be written: before any reading or computing."""
+    from geofm.io import check_output_file
+
+    out = Path(out_path)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(f"--out '{out}' must be a GeoTIFF path ending in .tif or .tiff")
+    check_output_file(out, "--out", overwrite=overwrite)
+    if out.exists():
+        log.warning("%s exists and will be replaced", out)
+    if quicklook:
+        png = out.with_suffix(".png") if quicklook is True else Path(quicklook)
+        check_output_file(png, "--quicklook", overwrite=overwrite)
 
 
 def _read_small(path: str, bands: Sequence[int], size: tuple[int, int]) -> np.ndarray:

@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=512, help="output block size in px (and resume granularity)")
     p.add_argument("--no-overviews", action="store_true", help="do not add overviews to the output")
     p.add_argument("--restart", action="store_true", help="ignore finished parts of an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (and the quicklook) if it exists")
     p.add_argument("--stacked-bands", default="1,2,3,4,5,6",
                    help="1-based bands of stacked GeoTIFF inputs in model order (Blue, Green, Red, NIR, SWIR1, "
                         "SWIR2), e.g. 2,3,4,9,12,13 for a 13-band Sentinel-2 stack")
@@ -27,9 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from geofm.data.ingest_cli import int_list
     from geofm.infer.predict import predict_checkpoint
+    from geofm.progress import progress_bar
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total, initial=0, unit="tile", desc="predict"))
+            bars.append(progress_bar(total=total, initial=0, unit="tiles", desc="predict"))
         bars[0].n = done
         bars[0].refresh()
 
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, probabilities=args.probabilities, device=args.device,
                              block=args.block, overviews=not args.no_overviews, resume=not args.restart,
                              quicklook=args.quicklook, stacked_fmask_band=args.stacked_fmask_band,
-                             stacked_bands=tuple(int(b) for b in args.stacked_bands.split(",")),
-                             progress=progress)
+                             stacked_bands=int_list(args.stacked_bands, "--stacked-bands"),
+                             progress=progress, overwrite=args.overwrite)
     for bar in bars:
         bar.close()
     if res.resumed_from_row:

@@ -111,4 +111,4 @@ class FinetuneModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-__all__ = ["FinetuneModule", "SCHEDULERS", "STRATEGIES"]
+__all__ = ["SCHEDULERS", "STRATEGIES", "FinetuneModule"]

@@ -25,7 +25,11 @@ import numpy as np
 
 from geofm.io import atomic_path
 from geofm.tasks.finetune import (
-    load_finetune_config, main_metric, read_epoch_metrics, run_dir_of, run_finetune,
+    load_finetune_config,
+    main_metric,
+    read_epoch_metrics,
+    run_dir_of,
+    run_finetune,
 )
 
 log = logging.getLogger(__name__)
@@ -163,14 +167,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from geofm.progress import progress_bar
     from geofm.tasks.finetune import quiet_lightning
 
     quiet_lightning(getattr(args, "verbose", 0))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]
-    bar = tqdm(total=len(strategies) * len(fractions) * args.seeds, desc="runs", unit="run")
+    bar = progress_bar(total=len(strategies) * len(fractions) * args.seeds, desc="runs", unit="run")
 
     def progress(done, total, row):
         bar.update(1)

@@ -98,6 +98,7 @@ class TrainerSection:
     max_epochs: int = 50
     accelerator: str = "auto"
     devices: int | str = "auto"
+    strategy: Literal["auto", "ddp"] = "auto"  # several devices: DDP (gloo on CPU), see geofm.tasks.distributed
     precision: str = "32-true"
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
@@ -254,8 +255,11 @@ def make_trainer(cfg: FinetuneConfig, run_dir: Path, monitor: str | None = None)
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from geofm.tasks.callbacks import progress_callback
+    from geofm.tasks.distributed import make_strategy
+
     t = cfg.trainer
-    callbacks = []
+    callbacks = [progress_callback(t.log_every_n_steps)] if t.progress_bar else []
     if monitor is not None:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                          mode="max", save_last=True, save_top_k=1))
@@ -264,7 +268,8 @@ def make_trainer(cfg: FinetuneConfig, run_dir: Path, monitor: str | None = None)
         kwargs["limit_train_batches"] = int(t.limit_train_batches) if t.limit_train_batches >= 1 else \
             t.limit_train_batches
     return pl.Trainer(default_root_dir=run_dir, max_epochs=t.max_epochs, accelerator=t.accelerator,
-                      devices=t.devices, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
+                      devices=t.devices, strategy=make_strategy(t.strategy), precision=t.precision,
+                      log_every_n_steps=t.log_every_n_steps,
                       check_val_every_n_epoch=t.check_val_every_n_epoch, gradient_clip_val=t.gradient_clip_val,
                       deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
                       enable_model_summary=False,

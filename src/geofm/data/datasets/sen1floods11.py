@@ -90,7 +90,10 @@ def all_pairs(root: Path) -> list[ChipPair]:
     """Every chip with an S2Hand image (its label must exist)."""
     if not (root / "S2Hand").is_dir():
         raise DataError(f"'{root}' has no S2Hand folder: expected the Sen1Floods11 HandLabeled layout")
-    return [pair_of(root, chip_id(p.name)) for p in sorted((root / "S2Hand").glob("*_S2Hand.tif"))]
+    pairs = [pair_of(root, chip_id(p.name)) for p in sorted((root / "S2Hand").glob("*_S2Hand.tif"))]
+    if not pairs:
+        raise DataError(f"no chips found: '{root / 'S2Hand'}' has no <id>_S2Hand.tif images")
+    return pairs
 
 
 class Sen1Floods11DataModule(SegmentationDataModule):
