@@ -51,15 +51,17 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def adamw(params: Iterable, *, lr: float, betas: Sequence[float] = (0.9, 0.95),
-          weight_decay: float = 0.05) -> torch.optim.AdamW:
+def adamw(params: Iterable, *, lr: float, betas: Sequence[float] = (0.9, 0.95), weight_decay: float = 0.05,
+          fused: bool = True) -> torch.optim.AdamW:
     """AdamW with the fused kernel when every parameter is a float tensor on CPU or CUDA (else foreach).
 
-    ``params``: parameters or parameter groups (e.g. :func:`decay_groups`).
+    ``params``: parameters or parameter groups (e.g. :func:`decay_groups`). ``fused=False`` where
+    something must see the gradients between backward and step unscaled by the optimizer
+    (fp16 with a GradScaler and gradient clipping).
     """
     params = list(params)
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
-    fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors) \
+    fused = fused and bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors) \
         and len({p.device for p in tensors}) == 1
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                              fused=fused or None, foreach=None if fused else True)
