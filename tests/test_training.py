@@ -88,3 +88,14 @@ def test_compile_resolution_and_eager_fallback(monkeypatch):
 
     with pytest.raises(ValueError, match="bad input"):  # errors of the function itself are not swallowed
         training.CompiledOrEager(bad_input)(1)
+
+
+def test_clip_gradients_by_norm_and_value():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = training.adamw([w], lr=0.1)
+    w.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    training.clip_gradients(opt, 1.0)
+    torch.testing.assert_close(w.grad, torch.tensor([0.6, 0.8, 0.0, 0.0]), rtol=1e-5, atol=1e-6)
+    w.grad = torch.tensor([3.0, -4.0, 0.5, 0.0])
+    training.clip_gradients(opt, 1.0, "value")
+    torch.testing.assert_close(w.grad, torch.tensor([1.0, -1.0, 0.5, 0.0]))

@@ -67,6 +67,19 @@ def adamw(params: Iterable, *, lr: float, betas: Sequence[float] = (0.9, 0.95), 
                              fused=fused or None, foreach=None if fused else True)
 
 
+def clip_gradients(optimizer: torch.optim.Optimizer, value: float, algorithm: str | None = "norm") -> None:
+    """Clip the gradients of ``optimizer``'s parameters by global norm (or by ``value`` when algorithm="value").
+
+    For training without a GradScaler, where the gradients are final after backward; Lightning's
+    own clipping refuses fused optimizers because they may unscale fp16 gradients themselves.
+    """
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
+
+
 # --------------------------------------------------------------------------- precision
 def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context of a Lightning precision name ("32" or "bf16-mixed")."""
@@ -171,5 +184,5 @@ def train_step(model: nn.Module, *, precision: str = "32", lr: float = 1.5e-4, w
     return step
 
 
-__all__ = ["PRECISIONS", "adamw", "autocast", "can_compile", "compile_module", "decay_groups", "resolve_compile",
+__all__ = ["PRECISIONS", "adamw", "autocast", "can_compile", "clip_gradients", "compile_module", "decay_groups", "resolve_compile",
            "train_step"]

@@ -33,7 +33,7 @@ from geofm.data.datamodule import ChipDataModule, ChipLoader, DataSection, split
 from geofm.errors import ConfigError
 from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
 from geofm.tasks.distributed import CPUFSDPStrategy, make_strategy
-from geofm.training import adamw, compile_module, decay_groups, resolve_compile
+from geofm.training import adamw, clip_gradients, compile_module, decay_groups, resolve_compile
 from geofm.tasks.pretrain_config import (
     PRECISIONS,
     ModelSection,
@@ -146,8 +146,7 @@ class MAEPretrainTask(pl.LightningModule):
             wrapped.clip_grad_norm_(gradient_clip_val)
         elif gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
             # no GradScaler: the gradients are final, clip them here (Lightning refuses a fused AdamW)
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            clip_gradients(optimizer, gradient_clip_val)
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
