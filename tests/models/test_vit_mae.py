@@ -288,3 +288,27 @@ def test_reconstruct_keeps_visible_patches(tiny):
     torch.testing.assert_close(vis, tiny.patchify(x)[mask == 0])
     torch.testing.assert_close(tiny.patchify(rec)[mask == 1], pred[mask == 1])
     assert math.isclose(mask.mean().item(), 0.75, abs_tol=0.01)
+
+
+def test_inference_under_autocast_reuses_cast_weights_and_follows_updates(tiny):
+    """The kept bf16 weight copies give bitwise the plain autocast result, and are redone when weights change."""
+    tiny.eval()
+    x = torch.randn(2, 6, 3, 64, 64)
+
+    def plain():  # grad enabled: autocast casts the weights itself
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return tiny.encode(x).detach()
+
+    def inference():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return tiny.encode(x)
+
+    first, again = inference(), inference()
+    assert tiny.encoder.blocks[0].mlp.fc1.__dict__["_cast_cache"][1][0].dtype == torch.bfloat16
+    assert torch.equal(first, plain()) and torch.equal(again, first)
+    with torch.no_grad():
+        tiny.encoder.blocks[0].mlp.fc1.weight.mul_(1.5)  # in place, as an optimizer step does
+    changed = inference()
+    assert not torch.equal(changed, first) and torch.equal(changed, plain())
+    tiny.load_state_dict(create_model("prithvi_tiny").state_dict())  # copy_ into the same storage
+    assert torch.equal(inference(), plain())

@@ -102,6 +102,36 @@ class PatchEmbed3D(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, L, D), tokens ordered (t, h, w)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` that keeps its autocast copy between inference calls.
+
+    Under autocast, every call casts the fp32 weight (and bias) to the autocast dtype, and
+    autocast's cache lives only as long as one autocast region: in inference (no grad) that
+    is one cast of every weight per forward. Here the cast copy is kept until the weight
+    changes (its version counter or storage), so repeated inference calls skip it; results
+    are bitwise those of plain autocast (the same rounding of the same weights). Measured:
+    Prithvi-100M bf16 encoder inference 8237 vs 8909 ms best-of-6 on a loaded 2-core AMX machine
+    (-7.5 %). Training (grad enabled) takes the plain path. Memory: one low-precision copy.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device)
+        w = self.weight
+        key = (dtype, w.data_ptr(), w._version, None if self.bias is None else (self.bias.data_ptr(),
+                                                                                  self.bias._version))
+        cache = self.__dict__.get("_cast_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cast = (w.to(dtype), None if self.bias is None else self.bias.to(dtype))
+            cache = (key, cast)
+            self.__dict__["_cast_cache"] = cache
+        weight, bias = cache[1]
+        return F.linear(x.to(dtype), weight, bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection and SDPA kernels."""
 
@@ -111,8 +141,8 @@ class Attention(nn.Module):
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D); ``attn_mask`` (B, 1, 1, N) bool, False = key ignored."""
@@ -129,9 +159,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
