@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("32", "bf16-mixed")
 # torch.compile by default where it was measured to win (see the module docstring)
-COMPILE_DEFAULT = {"cpu": True, "cuda": True}
+COMPILE_DEFAULT = {"cpu": False, "cuda": True}
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -166,6 +166,9 @@ def train_step(model: nn.Module, *, precision: str = "32", lr: float = 1.5e-4, w
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"train_step precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    from geofm.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # process-wide, as geofm pretrain applies it
     device_type = next(model.parameters()).device.type
     model.train()
     opt = adamw(decay_groups(model, weight_decay), lr=lr, betas=betas, weight_decay=weight_decay)

@@ -243,11 +243,8 @@ class ChipDataset(IterableDataset):
         t, _, h, w = self._reader.shape[1:]
         dtype = torch.int16 if self.raw else torch.float32
         shape = (n, len(self.bands), t, h, w)
-        image = torch.empty(shape, dtype=dtype)
-        valid = torch.empty((n, t, h, w), dtype=torch.bool)
-        if shared:  # a worker: tensors in shared memory cross to the main process as handles
-            image.share_memory_()
-            valid.share_memory_()
+        image = _empty(shape, dtype, shared)
+        valid = _empty((n, t, h, w), torch.bool, shared)
         img, ok = image.numpy(), valid.numpy()
         pos = np.empty(n, dtype=np.int64)
         k = 0
@@ -325,6 +322,16 @@ class ChipDataset(IterableDataset):
         state = dict(self.__dict__)
         state["_reader"] = None  # opened lazily in each worker
         return state
+
+
+def _empty(shape: tuple, dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; ``shared``: allocated in shared memory (as DataLoader's collate does in a
+    worker), so it crosses to the main process as a handle, without a copy."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
 
 
 class ChipLoader(torch.utils.data.DataLoader):

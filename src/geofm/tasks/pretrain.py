@@ -248,6 +248,9 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     """
     from lightning.fabric.utilities.seed import seed_everything
 
+    from geofm.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as geofm.train_step and the other entry points
     prepare_store(cfg)
     mopts = model_options(cfg)
     check_config(cfg)
