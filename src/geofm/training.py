@@ -13,7 +13,7 @@ torch 2.13; interleaved best-of rounds, see bench/README.md):
 * fused AdamW (one kernel over all parameters instead of a dozen per tensor): bf16 step
   1165 ms vs 1370 ms with the ``foreach`` implementation;
 * ``torch.compile`` (inductor fuses LayerNorm, GELU, residual adds and the autocast casts
-  around the GEMMs): see :data:`COMPILE_DEFAULT`;
+  around the GEMMs): optional, with an eager fallback; see :data:`COMPILE_DEFAULT`;
 * the decoder's prediction layer and the loss only on the masked tokens
   (:meth:`PrithviMAE.forward` with ``return_pred=False``).
 """
@@ -33,8 +33,11 @@ from geofm.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("32", "bf16-mixed")
-# torch.compile by default where it was measured to win (see the module docstring)
-COMPILE_DEFAULT = {"cpu": False, "cuda": True}
+# torch.compile by default only where it was measured to win. CPU: compiling the Prithvi-100M
+# step took 122 s (bf16) and 183 s (fp32) on the 2-core VM before the first step ran, and its
+# per-step gain could not be separated from the load of the shared machine: off. CUDA: not
+# measured in this project (no GPU was lent): off until it is. ``compile=True`` forces it.
+COMPILE_DEFAULT = {"cpu": False, "cuda": False}
 
 
 # --------------------------------------------------------------------------- optimizer

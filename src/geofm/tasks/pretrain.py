@@ -86,7 +86,7 @@ class MAEPretrainTask(pl.LightningModule):
 
     def __init__(self, model_name: str = "prithvi_tiny", model_overrides: dict | None = None,
                  checkpoint: str | None = None, mask_ratio: float = 0.75, optim: dict | None = None,
-                 exclude_nodata: bool = True, seed: int = 0, compile: bool = False,
+                 exclude_nodata: bool = True, seed: int = 0, compile: bool | str = "auto",
                  model_config: dict | None = None):
         super().__init__()
         from geofm.models import create_model
@@ -231,7 +231,7 @@ def build_task(cfg: PretrainConfig) -> MAEPretrainTask:
     return MAEPretrainTask(model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides),
                            checkpoint=cfg.model.checkpoint, mask_ratio=cfg.model.mask_ratio,
                            optim=to_dict(cfg.optim), exclude_nodata=cfg.data.exclude_nodata,
-                           seed=cfg.trainer.seed, compile=cfg.trainer.compile)
+                           seed=cfg.trainer.seed, compile=cfg.trainer.compile if cfg.trainer.strategy != "fsdp" else False)
 
 
 def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
