@@ -12,5 +12,5 @@ TORCHVISION=${TORCHVISION:-0.28.0}
 python3 -m venv "$PEER_VENV"
 "$PEER_VENV/bin/pip" install -q \
     "torch==$TORCH" "torchvision==$TORCHVISION" einops numpy pillow pyyaml huggingface_hub safetensors
-"$PEER_VENV/bin/pip" install -q --no-deps timm terratorch
+"$PEER_VENV/bin/pip" install -q --no-deps timm terratorch segmentation_models_pytorch
 echo "peer ready: .venv/bin/python bench/model.py --peer-python $PEER_VENV/bin/python"

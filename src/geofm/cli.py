@@ -17,6 +17,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("geofm.models.convert_cli", "export a checkpoint to safetensors + config.json"),
     "demo": ("geofm.demo", "run the end-to-end demo on the bundled sample data"),
+    "search": ("geofm.data.remote.search_cli", "find HLS granules in NASA CMR-STAC -> STAC manifest (+ summary, quicklook)"),
+    "fetch": ("geofm.data.remote.fetch_cli", "download a manifest's band files (Earthdata Login, resumable, https or s3)"),
     "ingest": ("geofm.data.ingest_cli", "HLS scenes -> filtered chips in a Zarr store (Dask, resumable)"),
     "explore": ("geofm.data.explore", "summary statistics and plots of a chip store"),
     "sample": ("geofm.data.sampling", "stratified sample of a chip store -> index for the loader"),
@@ -24,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("geofm.tasks.finetune", "fine-tune on a downstream task (fit/validate/test/predict) from a YAML"),
     "experiment": ("geofm.tasks.experiment", "data-efficiency grid: strategies x label fractions x seeds -> CSV + plots"),
     "predict": ("geofm.infer.predict_cli", "predict a whole scene with a fine-tuned model -> GeoTIFF (COG)"),
+    "evaluate-imputation": ("geofm.tasks.evaluate_imputation",
+                            "score a gap filler vs linear / nearest interpolation on fixed real cloud masks"),
 }
 
 #: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).

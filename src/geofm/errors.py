@@ -21,3 +21,11 @@ class ConfigError(GeofmError, ValueError):
 
 class OutputError(GeofmError, ValueError):
     """An output path cannot be written as asked (a folder where a file goes, read-only, exists already)."""
+
+
+class RemoteError(GeofmError, OSError):
+    """A remote service (STAC search, file server, credentials endpoint) failed or answered nonsense."""
+
+
+class AuthError(RemoteError):
+    """A remote service refused our credentials (HTTP 401/403) or none were found."""

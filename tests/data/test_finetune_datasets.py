@@ -8,9 +8,6 @@ import torch
 from geofm.bands import NORMALIZED_NODATA
 from geofm.data.datasets import burn_scars, crops, sen1floods11
 from geofm.data.datasets.base import GeoSegmentationDataset, seeded_split, subsample, tile_origins
-from geofm.data.datasets.imputation import (
-    CloudMaskBank, ImputationDataModule, gaps_of, generate_series, patch_mask_from_gaps,
-)
 from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops, write_sen1floods11, write_tif
 from geofm.data.transforms import RandomDihedral
 from geofm.errors import DataError
@@ -157,51 +154,3 @@ def test_dihedral_is_identical_for_image_and_mask():
         assert torch.equal(out["image"][3, 1].long(), out["mask"])
         seen.add(tuple(out["mask"][0, :2].tolist()))
     assert len(seen) == 8  # all eight symmetries occur
-
-
-def test_patch_masks_from_gaps():
-    gap = np.zeros((2, 16, 16), bool)
-    gap[0, :8, :8] = True  # one whole patch
-    gap[1, 0, 15] = True  # one pixel of patch (1, 0, 1)
-    pm = patch_mask_from_gaps(gap, (1, 8, 8), threshold=0.0)
-    assert pm.tolist() == [1, 0, 0, 0, 0, 1, 0, 0]
-    assert patch_mask_from_gaps(gap, (1, 8, 8), threshold=0.5).tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
-    assert patch_mask_from_gaps(np.ones((1, 16, 16), bool), (1, 8, 8)).sum() == 3  # one stays visible
-    back = gaps_of(pm, (1, 8, 8), (2, 16, 16))
-    assert back[0, :8, :8].all() and back[1, :8, 8:].all() and back.sum() == 128
-
-
-def test_real_fmask_bank_and_imputation_module(tmp_path, shared_data):
-    bank = CloudMaskBank([shared_data / "instageo" / "fmask.tif"])
-    # cloud | adjacent | shadow pixels of the real S30 Fmask (value counts in SOURCES.md): 1213 of 224*224
-    assert bank.masks[0].sum() == 1213
-    win = bank.draw(300, 40, np.random.default_rng(0))  # larger than the layer: tiled
-    assert win.shape == (300, 40)
-    store, fmask = generate_series(tmp_path, size=96, chip_size=32, seed=1)
-    with rasterio.open(fmask[0]) as src:
-        assert src.crs.to_epsg() == 32610
-    dm = ImputationDataModule(store=store, fmask=[str(shared_data / "instageo" / "fmask.tif"), *map(str, fmask)],
-                              patch_size=(1, 8, 8), batch_size=2, seed=0)
-    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 9
-    a, b = dm.val_set[0], dm.val_set[0]
-    assert torch.equal(a["patch_mask"], b["patch_mask"])  # fixed gaps in evaluation
-    assert a["image"].shape == (6, 3, 32, 32) and a["patch_mask"].shape == (48,)
-    assert 0 < a["patch_mask"].mean() < 1
-    assert torch.equal(a["gap"], torch.from_numpy(gaps_of(a["patch_mask"].numpy(), (1, 8, 8), (3, 32, 32))))
-    with pytest.raises(DataError, match="exactly one chip source"):
-        ImputationDataModule(fmask=[str(fmask[0])], patch_size=(1, 8, 8))
-    with pytest.raises(DataError, match="no file matches"):
-        ImputationDataModule(store=store, fmask=[str(tmp_path / "nothing*.tif")], patch_size=(1, 8, 8))
-
-
-def test_imputation_from_real_geotiff_stack(shared_data):
-    """The real InstaGeo 18-band chip as a 3-frame stack; gaps from the real S30 Fmask."""
-    dm = ImputationDataModule(stacks=[str(shared_data / "instageo" / "chip_178_022.tif")],
-                              fmask=[str(shared_data / "instageo" / "fmask.tif")], patch_size=(1, 8, 8),
-                              min_hidden=0.0)
-    s = dm.test_set[0]
-    assert s["image"].shape == (6, 3, 32, 32)
-    assert not s["valid"][0].any() and s["valid"][1:].all()  # frame 1 of the chip is all -9999
-    with pytest.raises(DataError, match="expected 18 bands .* got 1 in"):
-        ImputationDataModule(stacks=[str(shared_data / "instageo" / "fmask.tif")],
-                             fmask=[str(shared_data / "instageo" / "fmask.tif")], patch_size=(1, 8, 8))

@@ -109,3 +109,67 @@ def test_predict_stacked_sentinel2_band_subset(tmp_path, sample_dir):
     bad = ["predict", "--checkpoint", str(export), "--inputs", str(s2), "--out", str(tmp_path / "x.tif"),
            "--stacked-bands", "2,3,4"]
     assert cli.main(bad) == 2 and not (tmp_path / "x.tif").exists()
+
+
+@pytest.fixture(scope="module")
+def cloudy_series(tmp_path_factory, sample_dir):
+    """Four dates, one GeoTIFF each with a sidecar Fmask: date 2 has a cloud, the rest is clear."""
+    d = tmp_path_factory.mktemp("series")
+    paths = synthetic.write_series_from_image(sample_dir / "hls_chip" / "regression_test_0_input.tif", d,
+                                              rows=(0, 48), cols=(0, 56), dates=4, seed=3)
+    side = paths[1].with_name(paths[1].name.replace(".tif", ".Fmask.tif"))
+    with rasterio.open(side, "r+") as dst:
+        fmask = dst.read(1)
+        fmask[10:30, 5:25] = 2  # HLS bit 1: cloud
+        dst.write(fmask, 1)
+    return paths
+
+
+def test_predict_residual_imputer_on_the_one_series_layout(tmp_path, cloudy_series):
+    """Sidecar Fmask layout, --tile 0 with the default overlap, untrained residual imputer = interpolation."""
+    from geofm.models.imputer import Imputer
+
+    torch.manual_seed(0)
+    imputer = Imputer(create_model("prithvi_tiny", img_size=32), residual="linear")
+    export = save_finetuned(imputer, tmp_path / "imp", task="imputation", mean=MEAN, std=STD, bands=MODEL_BANDS,
+                            img_size=32)
+    out = tmp_path / "filled.tif"
+    inputs = [str(p) for p in cloudy_series[:3]]  # the model takes 3 dates; sidecars are found beside
+    assert cli.main(["predict", "--checkpoint", str(export), "--inputs", *inputs, "--out", str(out),
+                     "--tile", "0", "--block", "32"]) == 0
+    raw = np.stack([rasterio.open(p).read() for p in inputs]).astype(np.float64)  # (T, C, H, W)
+    with rasterio.open(out) as dst:
+        got = dst.read().reshape(raw.shape)
+    cloud = np.zeros(raw.shape[-2:], bool)
+    cloud[10:30, 5:25] = True
+    np.testing.assert_array_equal(got[1][:, ~cloud], raw[1][:, ~cloud])  # clear pixels kept
+    np.testing.assert_array_equal(got[[0, 2]], raw[[0, 2]])
+    linear = (raw[0] + raw[2]) / 2  # between the clear dates before and after
+    assert np.abs(got[1][:, cloud] - linear[:, cloud]).max() <= 1.0  # int16 rounding
+    # the same dates with the Fmask as band 7 of each file: --stacked-fmask-band gives the same output
+    stacked = tmp_path / "stacked"
+    stacked.mkdir()
+    for p in inputs:
+        with rasterio.open(p) as src, rasterio.open(p.replace(".tif", ".Fmask.tif")) as fm:
+            prof, arr = src.profile, np.concatenate([src.read(), fm.read().astype(np.int16)])
+        with rasterio.open(stacked / p.rsplit("/", 1)[-1], "w", **dict(prof, count=7)) as dst:
+            dst.write(arr)
+    out7 = tmp_path / "filled7.tif"
+    assert cli.main(["predict", "--checkpoint", str(export), "--inputs", str(stacked), "--out", str(out7),
+                     "--tile", "0", "--block", "32", "--stacked-fmask-band", "7"]) == 0
+    with rasterio.open(out7) as dst:
+        np.testing.assert_array_equal(dst.read().reshape(raw.shape), got)
+
+
+def test_predict_imputation_without_cloud_information_is_an_error(tmp_path, cloudy_series, capsys):
+    export = save_finetuned(create_model("prithvi_tiny"), tmp_path / "mae", task="imputation", mean=MEAN, std=STD,
+                            bands=MODEL_BANDS)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for p in cloudy_series[:3]:
+        (bare / p.name).write_bytes(p.read_bytes())  # without the sidecar Fmask
+    out = tmp_path / "x.tif"
+    assert cli.main(["predict", "--checkpoint", str(export), "--inputs", str(bare), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no cloud mask" in err and "--stacked-fmask-band" in err and ".Fmask.tif" in err
+    assert not out.exists()

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from geofm import cli
 from geofm.errors import CheckpointError
 from geofm.models import create_encoder, create_model, read_checkpoint, save_pretrained
-from geofm.models.checkpoints import infer_config
+from geofm.models.presets import infer_config
 
 
 @pytest.fixture(scope="module")

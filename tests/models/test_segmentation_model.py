@@ -103,13 +103,14 @@ def test_imputation_export_and_plain_mae_export(tmp_path):
         assert info.task == "imputation" and info.num_classes is None
         assert (info.num_frames, info.img_size) == (3, 64)
         assert info.mean == pytest.approx(mean)
+        assert model.residual == "none"  # a bare MAE export is the paper's pure reconstruction
         with torch.no_grad():
-            _, pred, _ = model(x, mask=mask)
+            _, pred, _ = model.mae(x, mask=mask)
         torch.testing.assert_close(pred, ref)
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="config.json and model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"geofm export \(config.json \+ model.safetensors\)"):
         load_finetuned(tmp_path)
     model = build_segmentation_model("prithvi_tiny", num_classes=2)
     mean, std = norm_stats("v1")

@@ -179,8 +179,8 @@ def frame_grid(frame: Frame) -> Grid:
             if any(b > src.count for q, b in frame.sources if q == p):
                 raise DataError(f"'{p}' has {src.count} band(s), expected at least "
                                 f"{max(b for q, b in frame.sources if q == p)}")
-            if frame.nodata is None and src.nodata is not None:
-                frame.nodata = src.nodata
+            if frame.nodata is None and src.nodata is not None and any(q == p for q, _ in frame.sources):
+                frame.nodata = src.nodata  # from a band file, never from the Fmask (whose fill is 255)
         if grid is None:
             grid = g
         elif not grid.same_as(g):

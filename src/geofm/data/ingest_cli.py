@@ -8,7 +8,9 @@ from geofm.data.hls import DEFAULT_CLOUD_BITS, FMASK_BITS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="HLS band files / stacked GeoTIFFs, or folders (local or s3://, https://)")
+    p.add_argument("inputs", nargs="+", help="HLS band files / stacked GeoTIFFs, or folders (local or s3://, https://), "
+                                             "or a STAC manifest from 'geofm search' (its COGs are streamed over "
+                                             "HTTPS with your Earthdata credentials)")
     p.add_argument("--out", required=True, help="chip store (folder or s3:// URL)")
     p.add_argument("--chip-size", type=int, default=224)
     p.add_argument("--frames", type=int, default=3, help="acquisitions per time series (T)")
@@ -59,8 +61,15 @@ def run(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    res = ingest(args.inputs, args.out, cfg, storage_options=so, scheduler=args.scheduler, n_workers=args.workers,
-                 progress=progress)
+    from geofm.data.remote.stream import apply_gdal_env, resolve_inputs, restore_env
+
+    inputs, gdal_options = resolve_inputs(args.inputs)  # manifests -> https URLs + GDAL auth/retry options
+    old_env = apply_gdal_env(gdal_options)
+    try:
+        res = ingest(inputs, args.out, cfg, storage_options=so, scheduler=args.scheduler, n_workers=args.workers,
+                     progress=progress)
+    finally:
+        restore_env(old_env)
     bar.close()
     for what, why in res.skipped:
         print(f"skipped {what}: {why}")

@@ -157,3 +157,48 @@ def write_landcover(path: str | Path, tile: str = "10SEG", size: int = 3660, see
                                           crs=f"EPSG:{epsg}", transform=from_origin(x0, y0, 30.0, 30.0),
                                           tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                                           nodata=255))
+
+def write_series_from_image(image: str | Path, out_dir: str | Path, *, bands: Sequence[int] = (2, 3, 4, 5, 6, 7),
+                            rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
+                            dates: int = 6, start: str = "2020-04-01", step_days: int = 16,
+                            seed: int = 0) -> list[Path]:
+    """A time series with known truth made from one real image: one 6-band GeoTIFF per date (int16
+    reflectance ×10000, the image's CRS and grid) with a clear sidecar ``.Fmask.tif`` (all 0).
+
+    Date k multiplies each pixel by a phenology curve (vegetated pixels, by their NIR/Red ratio,
+    green up: NIR up, Red/SWIR down, following a sine over the dates, so that linear interpolation
+    in time is close but not exact), a smooth spatial gain field per date and band (haze,
+    illumination), and adds small per-pixel noise. ``rows`` / ``cols`` = (first, stop) keep a part
+    of the image (e.g. one half for training, the other held out).
+    """
+    import rasterio
+
+    rng = np.random.default_rng(seed)
+    with rasterio.open(image) as src:
+        r0, r1 = rows or (0, src.height)
+        c0, c1 = cols or (0, src.width)
+        win = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+        img = src.read(list(bands), window=win).astype(np.float32)  # (6, h, w)
+        profile = dict(driver="GTiff", width=c1 - c0, height=r1 - r0, count=6, dtype="int16", crs=src.crs,
+                       transform=src.window_transform(win), nodata=HLS_NODATA, compress="deflate")
+    img = np.clip(img, 1, 10000)
+    _, h, w = img.shape
+    veg = np.clip((img[3] / np.maximum(img[2], 1) - 1.0) / 3.0, 0, 1)  # 0 bare .. 1 dense vegetation
+    response = np.array([-0.25, -0.05, -0.35, 0.45, -0.15, -0.3], np.float32)[:, None, None]  # per band at peak
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    first = dt.datetime.strptime(start, "%Y-%m-%d")
+    paths = []
+    for k in range(dates):
+        phase = np.sin(np.pi * k / max(dates - 1, 1))  # 0 -> 1 (peak) -> 0
+        gain = 1 + response * veg[None] * phase
+        haze = 1 + 0.15 * (np.stack([_smooth_field(rng, h, w, cells=4) for _ in range(6)]) - 0.5)
+        frame = img * gain * haze + rng.normal(0, 15, img.shape)
+        when = first + dt.timedelta(days=step_days * k)
+        path = out / f"series_{when:%Y-%m-%d}.tif"
+        with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(np.clip(np.rint(frame), 0, 10000).astype(np.int16))
+        _write(out / f"series_{when:%Y-%m-%d}.Fmask.tif", np.zeros((h, w), np.uint8),
+               dict(profile, count=1, dtype="uint8", nodata=FMASK_FILL))
+        paths.append(path)
+    return paths

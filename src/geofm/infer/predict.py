@@ -20,31 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geofm.data.hls import Frame, GRANULE_RE, check_same_grid, group_granules, stacked_frame
+from geofm.data.hls import GRANULE_RE, Frame, check_same_grid, stacked_frame
+from geofm.data.series import frames_from_inputs
 from geofm.errors import ConfigError, DataError
 from geofm.infer.scene import OutputSpec, SceneResult, predict_scene
 
 log = logging.getLogger(__name__)
-
-
-def frames_from_inputs(inputs: Sequence[str], stacked_bands: Sequence[int] = (1, 2, 3, 4, 5, 6),
-                       stacked_fmask_band: int | None = None) -> list[Frame]:
-    """Frames of a time series from ``inputs``: HLS band files (grouped into granules, sorted by
-    date) and/or stacked GeoTIFFs (one frame each, in the given order); folders are searched."""
-    from geofm.data.ingest import date_from_name, expand_inputs
-
-    files = expand_inputs(inputs)
-    hls_files = [f for f in files if GRANULE_RE.search(f.rsplit("/", 1)[-1])]
-    frames, skipped = group_granules(hls_files)
-    if skipped:
-        raise DataError("incomplete HLS input: " + "; ".join(f"{w}: {why}" for w, why in skipped))
-    frames.sort(key=lambda f: f.datetime)
-    for f in files:
-        if f not in hls_files:
-            frames.append(stacked_frame(f, stacked_bands, stacked_fmask_band, datetime=date_from_name(f)))
-    if not frames:
-        raise DataError(f"no HLS granule or GeoTIFF found in {list(inputs)}")
-    return frames
 
 
 def _coords(model: torch.nn.Module, frames: Sequence[Frame]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -83,43 +64,54 @@ def segmentation_predictor(model: torch.nn.Module, device: str | torch.device = 
 def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
                          temporal_coords: torch.Tensor | None = None,
                          location_coords: torch.Tensor | None = None) -> Callable:
-    """MAE imputation: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
+    """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
 
-    A patch is hidden from the encoder when any of its pixels is hidden; tiles with every patch
-    hidden get NaN (nothing to impute from: the output stays nodata there).
+    ``model`` is an :class:`~geofm.models.imputer.Imputer` (a bare PrithviMAE is wrapped as the
+    paper's pure reconstruction). Hidden pixels (cloud, shadow, nodata) take the model's value,
+    the others keep theirs. Tiles where every pixel of every frame is hidden get NaN (nothing to
+    impute from: the output stays nodata there).
     """
+    from geofm.models.imputer import Imputer
     from geofm.models.mae import PrithviMAE
 
-    if not isinstance(model, PrithviMAE):
-        raise ConfigError(f"imputation needs a PrithviMAE, got {type(model).__name__}")
+    if isinstance(model, PrithviMAE):
+        model = Imputer(model, residual="none")
+    if not isinstance(model, Imputer):
+        raise ConfigError(f"imputation needs an Imputer or a PrithviMAE, got {type(model).__name__}")
     device = torch.device(device)
     model = model.to(device).eval()
-    u, p, q = model.patch_size
 
+    @torch.no_grad()
     def predict(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         x, hidden = x.to(device), hidden.to(device)
-        patches = hidden.reshape(b, t // u, u, h // p, p, w // q, q).any(dim=(2, 4, 6)).flatten(1)  # (B, L)
-        empty = patches.all(dim=1)
-        patches[empty] = False  # run them unmasked, then discard
+        empty = hidden.flatten(1).all(1)
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
         lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
-        _, pred, mask = model(x, temporal_coords=tc, location_coords=lc, mask=patches.float())
-        rec = model.reconstruct(x, pred, mask).float()  # (B, C, T, h, w)
+        rec = model(x, hidden & ~empty[:, None, None, None], tc, lc).float()  # (B, C, T, h, w)
         rec[empty] = float("nan")
         return rec.transpose(1, 2).reshape(b, t * c, h, w)
 
     return predict
 
 
-def _run_id(checkpoint: Path) -> str:
+def _run_id(files: Sequence[Path]) -> str:
+    """Fingerprint of the model files (size, mtime; the content of small config files)."""
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        f = checkpoint / name
+    for f in files:
         st = f.stat()
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update((checkpoint / "config.json").read_bytes())
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if f.suffix in (".json", ".yaml", ".yml", ".py"):
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _model_files(checkpoint: Path, info) -> list[Path]:
+    files = info.extra.get("files") if isinstance(info.extra, dict) else None
+    if files:
+        return [Path(f) for f in files]
+    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
+    return [folder / "config.json", folder / "model.safetensors"]
 
 
 def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Sequence[Frame],
@@ -127,7 +119,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        batch_size: int = 8, probabilities: bool = False, device: str = "cpu",
                        block: int = 512, overviews: bool = True, resume: bool = True,
                        quicklook: bool | str | os.PathLike = False,
-                       stacked_bands: Sequence[int] = (1, 2, 3, 4, 5, 6), stacked_fmask_band: int | None = None,
+                       stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
                        progress: Callable[[int, int], None] | None = None, overwrite: bool = True) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
@@ -138,25 +130,52 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     ``tile=None`` uses the model's training size. ``quicklook``: True (``OUT.png``) or a PNG path.
     An existing ``out_path`` is replaced (with a warning) when ``overwrite``, else refused. The
     device and the output paths are checked before the model is read.
+
+    ``checkpoint`` may also be a released fine-tune as published (see :mod:`geofm.models.released`):
+    its band selection, scaling, normalization and nodata replacement come with it, so
+    ``stacked_bands=None`` takes the model's bands (e.g. Sentinel-2 bands 2,3,4,9,12,13 of a
+    13-band Sen1Floods11 stack; 1-6 for geofm exports). A multi-frame model whose frames are
+    consecutive bands of one stacked file (the v1 crop model's 18-band chips) takes that one file.
     """
+    from geofm.data.ingest import date_from_name
     from geofm.models.segmentation import load_finetuned
 
     check_device(device)
     check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
     model, info = load_finetuned(checkpoint)
-    frames = list(inputs) if inputs and isinstance(inputs[0], Frame) else frames_from_inputs(
-        [str(i) for i in inputs], stacked_bands=stacked_bands, stacked_fmask_band=stacked_fmask_band)
+    per_frame = info.stacked_bands if stacked_bands is None else None
+    if stacked_bands is None:
+        stacked_bands = per_frame[0] if per_frame else (1, 2, 3, 4, 5, 6)
+    if inputs and isinstance(inputs[0], Frame):
+        frames = list(inputs)
+    elif per_frame and len(per_frame) > 1 and len(inputs) == 1 and Path(str(inputs[0])).is_file() \
+            and not GRANULE_RE.search(Path(str(inputs[0])).name):
+        path = str(inputs[0])  # all frames in one stacked file, frame-major
+        frames = [stacked_frame(path, bands, stacked_fmask_band, datetime=date_from_name(path)) for bands in per_frame]
+    else:
+        frames = frames_from_inputs([str(i) for i in inputs], stacked_bands=stacked_bands,
+                                    stacked_fmask_band=stacked_fmask_band)
     if len(frames) != info.num_frames:
         raise DataError(f"the model '{checkpoint}' takes {info.num_frames} frame(s), got {len(frames)}: "
                         + ", ".join(str(f.granule_id) for f in frames))
     for f in frames:
         if len(f.sources) != info.in_chans:
             raise DataError(f"frame '{f.granule_id}' has {len(f.sources)} bands, the model takes {info.in_chans}")
-    tile = int(tile or info.img_size)
+    if info.task == "imputation":
+        missing = [str(f.granule_id) for f in frames if f.fmask is None]
+        if missing:
+            raise DataError(
+                "an imputation model fills cloudy pixels, but these inputs carry no cloud mask: " + ", ".join(missing)
+                + ". Give it with --stacked-fmask-band N (the Fmask band of each stacked GeoTIFF), a sidecar "
+                "X.Fmask.tif beside each X.tif, or HLS granules with their .Fmask.tif")
+    if tile is None:  # the model's training size, with an overlap that fits it
+        tile = int(info.img_size)
+        overlap = min(overlap, tile // 4 // info.patch_size[1] * info.patch_size[1])
+    tile = int(tile)
     temporal, location = _coords(model, frames)
-    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
-    tags = {"geofm_checkpoint": str(folder), "geofm_task": info.task,
+    files = _model_files(checkpoint, info)
+    tags = {"geofm_checkpoint": str(checkpoint), "geofm_task": info.task, "geofm_model_layout": info.layout,
             "geofm_frames": ",".join(str(f.granule_id) for f in frames)}
     if info.task == "segmentation":
         spec = (OutputSpec.probabilities if probabilities else OutputSpec.classes)(info.num_classes, info.class_names)
@@ -170,8 +189,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         pass_hidden = True
     result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
                            overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
-                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(folder), progress=progress,
-                           tags=tags)
+                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files), progress=progress,
+                           tags=tags, nodata_fill=info.nodata_fill)
     if quicklook:
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
         scene_quicklook(frames, out_path, png, class_names=info.class_names)

@@ -6,7 +6,10 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="fine-tuned export folder (config.json + model.safetensors)")
+    p.add_argument("--checkpoint", required=True,
+                   help="fine-tuned model: a geofm export folder (config.json + model.safetensors) or a released "
+                        "fine-tune as published (hls-foundation-os <name>.pth + <name>.py, TerraTorch .ckpt or "
+                        "Hugging Face folder with config.yaml)")
     p.add_argument("--inputs", nargs="+", required=True,
                    help="one frame per time step: HLS band files / granule folders, or stacked GeoTIFFs")
     p.add_argument("--out", required=True, help="output GeoTIFF (Cloud-Optimized)")
@@ -21,10 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overviews", action="store_true", help="do not add overviews to the output")
     p.add_argument("--restart", action="store_true", help="ignore finished parts of an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and the quicklook) if it exists")
-    p.add_argument("--stacked-bands", default="1,2,3,4,5,6",
+    p.add_argument("--stacked-bands", default=None,
                    help="1-based bands of stacked GeoTIFF inputs in model order (Blue, Green, Red, NIR, SWIR1, "
-                        "SWIR2), e.g. 2,3,4,9,12,13 for a 13-band Sentinel-2 stack")
-    p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band of stacked GeoTIFF inputs")
+                        "SWIR2), e.g. 2,3,4,9,12,13 for a 13-band Sentinel-2 stack (default: the model's own "
+                        "bands for released models, else 1,2,3,4,5,6)")
+    p.add_argument("--stacked-fmask-band", type=int,
+                   help="1-based Fmask band (HLS bits) of stacked GeoTIFF inputs; without it a sidecar X.Fmask.tif "
+                        "beside X.tif is used. Imputation models need one or the other (or HLS granules)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, probabilities=args.probabilities, device=args.device,
                              block=args.block, overviews=not args.no_overviews, resume=not args.restart,
                              quicklook=args.quicklook, stacked_fmask_band=args.stacked_fmask_band,
-                             stacked_bands=int_list(args.stacked_bands, "--stacked-bands"),
+                             stacked_bands=None if args.stacked_bands is None else
+                             int_list(args.stacked_bands, "--stacked-bands"),
                              progress=progress, overwrite=args.overwrite)
     for bar in bars:
         bar.close()

@@ -146,8 +146,10 @@ class OutputSpec:
 
     @classmethod
     def classes(cls, num_classes: int, class_names: Sequence[str] | None = None) -> OutputSpec:
+        """uint8 class indices with nodata 255 (uint16 / 65535 from 255 classes on: nodata is never a class)."""
         names = list(class_names or [f"class_{i}" for i in range(num_classes)])
-        return cls("classes", num_classes, 1, "uint8", 255, ("class",),
+        dtype, nodata = ("uint8", 255) if num_classes < 255 else ("uint16", 65535)
+        return cls("classes", num_classes, 1, dtype, nodata, ("class",),
                    tags={"classes": json.dumps({i: n for i, n in enumerate(names)})})
 
     @classmethod
@@ -174,7 +176,7 @@ class OutputSpec:
         ``raw`` (T, C, h, w) int16 and ``hidden`` (T, h, w) bool are the input rows (reflectance only).
         """
         if self.kind == "classes":
-            out = blended.argmax(axis=0).astype(np.uint8)[None]
+            out = blended.argmax(axis=0).astype(self.dtype)[None]
         elif self.kind == "probabilities":
             out = np.clip(blended, 0.0, 1.0, dtype=np.float32)
         elif self.kind == "raw":
@@ -232,10 +234,12 @@ class _Accumulator:
 
 # --------------------------------------------------------------------------- reading
 def normalize_window(raw: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                     nodata: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+                     nodata: np.ndarray | None = None, out: np.ndarray | None = None,
+                     fill: Sequence[float] | None = None) -> np.ndarray:
     """(T, C, h, w) int16 reflectance x10000 -> (C, T, h, w) float32 ``(raw - mean) / std``.
 
-    Pixels nodata (-9999) in any band of a frame, or True in ``nodata`` (T, h, w), become 0.0001.
+    Pixels nodata (-9999) in any band of a frame, or True in ``nodata`` (T, h, w), become 0.0001,
+    or ``fill[c]`` in band c when ``fill`` is given (a released model's nodata replacement).
     ``out`` (C, T, h, w) float32, possibly a view into a larger array, receives the result.
     """
     t, c = raw.shape[:2]
@@ -245,7 +249,11 @@ def normalize_window(raw: np.ndarray, mean: Sequence[float], std: Sequence[float
         out[j] *= np.float32(1.0 / std[j])
     bad = (raw == HLS_NODATA).any(axis=1) if nodata is None else nodata
     for i in range(t):
-        out[:, i][:, bad[i]] = NORMALIZED_NODATA
+        if fill is None:
+            out[:, i][:, bad[i]] = NORMALIZED_NODATA
+        else:
+            for j in range(c):
+                out[j, i][bad[i]] = np.float32(fill[j])
     return out
 
 
@@ -273,8 +281,9 @@ class _StripReader:
 
     def __init__(self, frames: Sequence[Frame], grid: Grid, ty: AxisTiling, tx: AxisTiling,
                  mean: Sequence[float], std: Sequence[float], output: OutputSpec, need_hidden_padded: bool,
-                 cloud_bits: Sequence[str]):
+                 cloud_bits: Sequence[str], nodata_fill: Sequence[float] | None = None):
         self.frames, self.grid, self.ty, self.tx = frames, grid, ty, tx
+        self.nodata_fill = nodata_fill
         self.mean, self.std, self.output = mean, std, output
         self.need_hidden_padded = need_hidden_padded
         self.cloud_bits = tuple(cloud_bits)
@@ -298,7 +307,8 @@ class _StripReader:
         for t, frame in enumerate(self.frames):
             buf = raw[t if keep else 0]
             _, fmask = read_frame_window(frame, window, self.datasets, out=buf, nodata_out=nodata[t])
-            normalize_window(buf[None], self.mean, self.std, nodata[t:t + 1], out=core[:, t:t + 1])
+            normalize_window(buf[None], self.mean, self.std, nodata[t:t + 1], out=core[:, t:t + 1],
+                             fill=self.nodata_fill)
             hidden[t] = nodata[t]
             if fmask is not None:
                 hidden[t] |= cloud_mask(fmask, self.cloud_bits)
@@ -433,7 +443,7 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
                   pass_hidden: bool = False, cloud_bits: Sequence[str] = DEFAULT_CLOUD_BITS,
                   compress: str = "deflate", resume: bool = True, run_id: str = "", prefetch: bool = True,
                   progress: Callable[[int, int], None] | None = None, tags: dict | None = None,
-                  gdal_cache_mb: int = 64) -> SceneResult:
+                  gdal_cache_mb: int = 64, nodata_fill: Sequence[float] | None = None) -> SceneResult:
     """Predict a whole scene tile by tile and write ``out_path`` as a Cloud-Optimized GeoTIFF.
 
     ``frames``: T :class:`~geofm.data.hls.Frame` s on one grid (:class:`DataError` otherwise), each
@@ -446,6 +456,7 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     parts of a run with another model are not reused. ``progress(done_tiles, total_tiles)`` is
     called after every batch. ``gdal_cache_mb`` caps GDAL's block cache while reading. The output
     has the frames' CRS, transform and ``output.nodata``; ``tags`` are added to its metadata.
+    ``nodata_fill`` (per band) replaces the normalized value of nodata input pixels (default 0.0001).
     """
     t_start = time.perf_counter()
     if not frames:
@@ -468,7 +479,8 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     width_p = W + tx.pad_before + tx.pad_after
     total = nx * ny
     opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, block=block, mean=list(mean), std=list(std),
-                pass_hidden=pass_hidden, cloud_bits=list(cloud_bits), run_id=run_id)
+                pass_hidden=pass_hidden, cloud_bits=list(cloud_bits), run_id=run_id,
+                nodata_fill=None if nodata_fill is None else [float(v) for v in nodata_fill])
     parts = _Parts(out_path, _signature(frames, grid, output, opts), resume)
     done_row = parts.done_until(block, H)
 
@@ -486,7 +498,9 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     # GDAL's block cache (default 5 % of RAM) would keep every decoded block of the scene (0.5 GB
     # for a 3-frame HLS tile); capped, a block shared by two strips is at worst decoded twice.
     env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) << 20)
-    reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits)
+    if nodata_fill is not None and len(nodata_fill) != len(mean):
+        raise ConfigError(f"nodata_fill has {len(nodata_fill)} values, expected one per band ({len(mean)})")
+    reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits, nodata_fill)
     expected = {k: nx for k in range(k_start, ny)}
     if k_start < ny:
         expected[k_start] = nx - (i0 - k_start * nx)
@@ -603,7 +617,7 @@ def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: O
     import rasterio.shutil
     from rasterio.windows import Window
 
-    predictor = 2 if output.dtype in ("uint8", "int16") else 3
+    predictor = 2 if output.dtype in ("uint8", "uint16", "int16") else 3
     profile = dict(driver="GTiff", width=W, height=H, count=output.count, dtype=output.dtype, crs=grid.crs,
                    transform=rasterio.Affine(*grid.transform), nodata=output.nodata, tiled=True,
                    blockxsize=block, blockysize=block, compress=compress, predictor=predictor, BIGTIFF="IF_SAFER")

@@ -16,6 +16,7 @@ geofm's own layout is the EO-2.0 one: ``encoder.*`` and ``decoder.*``.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -99,6 +100,169 @@ def _snapshot_from_cache(repo_id: str) -> Path:
             f"run `huggingface-cli download {repo_id}` first ({type(e).__name__})") from e
 
 
+# --------------------------------------------------------------------------- restricted unpickling
+def _numpy_allowlist() -> list:
+    """numpy objects found in mmcv checkpoint ``meta`` (scalars such as a best score, dtypes), under
+    the module names numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) pickle them with."""
+    import codecs
+
+    import numpy as np
+
+    scalar = np.array(0.0)[()].__reduce__()[0]  # numpy's multiarray.scalar reconstructor
+    allowed: list = [np.dtype, (np.dtype, "numpy.dtype"), codecs.encode, (codecs.encode, "_codecs.encode")]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed.append((scalar, f"{mod}.scalar"))
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        for name in dir(dtypes):
+            cls = getattr(dtypes, name)
+            if isinstance(cls, type) and name.endswith("DType"):
+                allowed.append((cls, f"numpy.dtypes.{name}"))
+    return allowed
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` plus the numpy scalar/dtype and ``_codecs.encode`` globals that
+    mmcv checkpoints (Prithvi-EO-1.0 fine-tunes) carry in their ``meta``. Any other global (a payload
+    that runs code) is refused with :class:`CheckpointError`."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise CheckpointError(f"cannot read checkpoint '{path}': not a PyTorch (zip or pickle) file")
+    try:
+        with torch.serialization.safe_globals(_numpy_allowlist()):
+            # zip files are memory-mapped: tensors nobody uses (optimizer states) are never read
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load '{path}': it is not a plain tensor checkpoint (weights_only=True rejected it: "
+            f"{str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e}") from e
+
+
+# --------------------------------------------------------------------------- configuration files
+class _Unknown:
+    """A value of a config file that geofm does not evaluate (a call, an import, os.path ...)."""
+
+    def __repr__(self) -> str:
+        return "<not evaluated>"
+
+
+UNKNOWN = _Unknown()
+_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
+           ast.Pow: lambda a, b: a ** b}
+_CALLS = {"dict": dict, "list": list, "tuple": tuple, "len": len, "int": int, "float": float, "str": str,
+          "round": round, "abs": abs, "min": min, "max": max}
+
+
+def _eval_node(node: ast.AST, env: dict[str, Any]) -> Any:
+    """Value of a literal-like expression; anything else is :data:`UNKNOWN` (never executed)."""
+    ev = lambda n: _eval_node(n, env)  # noqa: E731
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return env.get(node.id, UNKNOWN)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [ev(e) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            return UNKNOWN
+        keys = [ev(k) for k in node.keys]
+        if any(k is UNKNOWN or isinstance(k, (list, dict)) for k in keys):
+            return UNKNOWN
+        return {k: ev(v) for k, v in zip(keys, node.values)}
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = ev(node.operand)
+        if isinstance(v, (int, float)):
+            return -v if isinstance(node.op, ast.USub) else v
+        return UNKNOWN
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = ev(node.left), ev(node.right)
+        if a is UNKNOWN or b is UNKNOWN:
+            return UNKNOWN
+        try:
+            return _BINOPS[type(node.op)](a, b)
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            return UNKNOWN
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for v in node.values:
+            x = ev(v.value) if isinstance(v, ast.FormattedValue) else ev(v)
+            if x is UNKNOWN:
+                return UNKNOWN
+            parts.append(str(x))
+        return "".join(parts)
+    if isinstance(node, ast.Subscript):
+        base, key = ev(node.value), ev(node.slice)
+        try:
+            return UNKNOWN if base is UNKNOWN or key is UNKNOWN else base[key]
+        except (KeyError, IndexError, TypeError):
+            return UNKNOWN
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALLS:
+        args = [ev(a) for a in node.args]
+        kwargs: dict[str, Any] = {}
+        for k in node.keywords:
+            v = ev(k.value)
+            if k.arg is not None:
+                kwargs[k.arg] = v
+            elif isinstance(v, dict):  # dict(type="X", **other_dict)
+                kwargs.update(v)
+            else:
+                return UNKNOWN
+        if node.func.id == "dict":  # keep what is known; a dict(...) is never executed
+            if not args:
+                return kwargs
+            return {**args[0], **kwargs} if len(args) == 1 and isinstance(args[0], dict) else UNKNOWN
+        if any(a is UNKNOWN for a in args) or any(v is UNKNOWN for v in kwargs.values()):
+            return UNKNOWN
+        try:
+            return _CALLS[node.func.id](*args, **kwargs)
+        except (TypeError, ValueError):
+            return UNKNOWN
+    return UNKNOWN
+
+
+def read_python_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Top-level assignments of an mmcv/mmseg ``.py`` config, read with ``ast``: the file is never executed.
+
+    Literals, ``dict(...)``/``len``/``int`` calls, arithmetic and f-strings over earlier names are
+    evaluated; anything else (imports, ``os.path.join``, comprehensions) becomes :data:`UNKNOWN`.
+    """
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot parse config '{path}': {e}") from e
+    env: dict[str, Any] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign):
+            value = _eval_node(stmt.value, env)
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    env[target.id] = value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            env[stmt.target.id] = _eval_node(stmt.value, env)
+    return env
+
+
+def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A TerraTorch ``config.yaml`` (Lightning CLI layout) as a dict, read with ``yaml.safe_load``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot parse '{path}': {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"'{path}' is not a YAML mapping")
+    return cfg
+
+
 # --------------------------------------------------------------------------- reading
 def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     """Load weights (and configuration, when the source carries one) from any supported layout."""
@@ -115,18 +279,7 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
         except Exception as e:
             raise CheckpointError(f"cannot read safetensors file '{path}': {e}") from e
     else:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
-            raise CheckpointError(f"cannot read checkpoint '{path}': not a PyTorch (zip or pickle) file")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"refusing to load '{path}': it is not a plain tensor checkpoint (weights_only=True rejected it: "
-                f"{str(e).splitlines()[0]})") from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise CheckpointError(f"cannot read checkpoint '{path}': {e}") from e
+        raw = load_torch_file(path)
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         hp = raw.get("hyper_parameters") or {}
         if config is None and isinstance(hp, dict) and isinstance(hp.get("model_config"), dict):
@@ -197,7 +350,7 @@ def load_into(model: PrithviMAE, state_dict: dict[str, torch.Tensor], *, strict:
     for key, grid_of in (("encoder.pos_embed", model.encoder.grid_size),
                          ("decoder.decoder_pos_embed", model.decoder.grid_size)):
         if key in sd and key in own and sd[key].shape != own[key].shape:
-            src = _guess_grid(sd[key].shape[1] - 1, grid_of, model.config.patch_size)
+            src = guess_grid(sd[key].shape[1] - 1, grid_of, model.config.patch_size)
             if src is None or sd[key].shape[-1] != own[key].shape[-1]:
                 continue  # reported as a shape mismatch below
             log.info("interpolating %s from grid %s to %s", key, src, grid_of)
@@ -233,7 +386,7 @@ def _short(keys: list[str], n: int = 12) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n} groups)" if len(items) > n else "")
 
 
-def _guess_grid(n_tokens: int, model_grid: tuple[int, int, int], patch: tuple[int, int, int]) -> tuple | None:
+def guess_grid(n_tokens: int, model_grid: tuple[int, int, int], patch: tuple[int, int, int]) -> tuple | None:
     """Token grid (t, h, w) of a square checkpoint embedding with ``n_tokens`` patch tokens."""
     for t in [model_grid[0]] + [t for t in range(1, 17) if t != model_grid[0]]:
         if n_tokens % t:
@@ -242,43 +395,6 @@ def _guess_grid(n_tokens: int, model_grid: tuple[int, int, int], patch: tuple[in
         if side * side * t == n_tokens:
             return (t, side, side)
     return None
-
-
-def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Model options read off the tensor shapes of an adapted state dict.
-
-    Head counts are not stored in weights: they come from the preset with the same width
-    and depth when one exists, else 64 (encoder) and 32 (decoder) dims per head.
-    """
-    from geofm.models.presets import PRESETS
-
-    w = state_dict["encoder.patch_embed.proj.weight"]  # (D, C, u, p, q)
-    d, c, u, p, _ = w.shape
-    depth = len({k.split(".")[2] for k in state_dict if k.startswith("encoder.blocks.")})
-    cfg: dict[str, Any] = {"embed_dim": d, "in_chans": c, "patch_size": (u, p, p), "depth": depth,
-                           "mlp_ratio": state_dict["encoder.blocks.0.mlp.fc1.weight"].shape[0] / d}
-    n_tokens = state_dict["encoder.pos_embed"].shape[1] - 1
-    match = [dict(v) for v in PRESETS.values() if v["embed_dim"] == d and v["depth"] == depth]
-    preset = match[0] if match else {}
-    cfg["num_heads"] = preset.get("num_heads", max(1, d // 64))
-    grid = _guess_grid(n_tokens, (preset.get("num_frames", 1) // u or 1, 0, 0), (u, p, p))
-    if grid is None:
-        raise CheckpointError(f"cannot infer the token grid from {n_tokens} position-embedding tokens")
-    cfg["num_frames"], cfg["img_size"] = grid[0] * u, grid[1] * p
-    if "decoder.decoder_embed.weight" in state_dict:
-        dd = state_dict["decoder.decoder_embed.weight"].shape[0]
-        cfg["decoder_embed_dim"] = dd
-        cfg["decoder_depth"] = len({k.split(".")[2] for k in state_dict if k.startswith("decoder.decoder_blocks.")})
-        cfg["decoder_num_heads"] = preset.get("decoder_num_heads", max(1, dd // 32))
-    coords = [n for n, key in (("time", "encoder.temporal_embed_enc.scale"),
-                               ("location", "encoder.location_embed_enc.scale")) if key in state_dict]
-    if coords:
-        cfg["coords_encoding"] = tuple(coords)
-        cfg["coords_scale_learn"] = True
-    for key in ("norm_stats",):
-        if key in preset:
-            cfg[key] = preset[key]
-    return cfg
 
 
 # --------------------------------------------------------------------------- writing

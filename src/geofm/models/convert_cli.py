@@ -1,22 +1,60 @@
-"""``geofm convert IN OUT``: export any supported checkpoint to safetensors + config.json."""
+"""``geofm convert IN OUT``: export any supported checkpoint to safetensors + config.json.
+
+``IN`` is a pretrained encoder/MAE checkpoint (any layout :func:`geofm.models.read_checkpoint`
+reads) or a released fine-tune as published (hls-foundation-os ``.pth`` + ``.py``, TerraTorch
+Lightning checkpoint or Hugging Face folder): the latter becomes a geofm export that
+``geofm predict --checkpoint OUT`` runs with the same preprocessing.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from geofm.models.checkpoints import infer_config, load_into, read_checkpoint, save_pretrained
-from geofm.models.presets import build_config, list_models
+from geofm.models.checkpoints import load_into, read_checkpoint, save_pretrained
 from geofm.models.mae import PrithviMAE
+from geofm.models.presets import build_config, infer_config, list_models
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="checkpoint file (.pt/.pth/.ckpt/.safetensors), model folder or cached repo id")
+    p.add_argument("input", help="checkpoint file (.pt/.pth/.ckpt/.safetensors), model folder, cached repo id, or "
+                                 "a released fine-tune (hls-foundation-os .pth + .py, TerraTorch .ckpt / HF folder)")
     p.add_argument("output", help="output folder (model.safetensors + config.json)")
     p.add_argument("--model", choices=list_models(), help="preset to build (default: from the checkpoint)")
     p.add_argument("--encoder-only", action="store_true", help="export (or accept) the encoder alone")
 
 
+def _released_layout(source: str) -> str | None:
+    from geofm.errors import CheckpointError
+    from geofm.models.released import find_layout
+
+    if not Path(source).expanduser().exists():
+        return None
+    try:
+        layout, _ = find_layout(source)
+    except CheckpointError:
+        return None
+    if layout == "terratorch" and Path(source).suffix in (".pt", ".ckpt"):  # a pretrained .pt is not a fine-tune
+        from geofm.models.checkpoints import load_torch_file
+
+        raw = load_torch_file(source)
+        if not (isinstance(raw, dict) and isinstance(raw.get("hyper_parameters"), dict)
+                and "model_args" in raw["hyper_parameters"]):
+            return None
+    return None if layout == "geofm" else layout
+
+
 def run(args: argparse.Namespace) -> int:
+    layout = _released_layout(args.input)
+    if layout is not None:
+        from geofm.models.released import load_released, save_released
+
+        model, info = load_released(args.input)
+        out = save_released(model, info, args.output)
+        n = sum(v.numel() for v in model.state_dict().values())
+        print(f"wrote {out}/model.safetensors ({n / 1e6:.1f} M values) and {out}/config.json "
+              f"({layout} fine-tune, {info.num_classes} classes, {info.num_frames} frame(s) x {info.in_chans} bands)")
+        return 0
     ckpt = read_checkpoint(args.input)
     if args.model:
         config = build_config(args.model)

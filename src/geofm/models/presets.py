@@ -7,7 +7,11 @@ import logging
 import os
 from typing import Any
 
-from geofm.errors import ConfigError
+import torch
+
+from geofm.errors import CheckpointError, ConfigError
+from geofm.models import checkpoints
+from geofm.models.checkpoints import guess_grid
 from geofm.models.mae import PrithviConfig, PrithviMAE
 from geofm.models.vit import PrithviViT
 
@@ -79,8 +83,6 @@ def create_model(name: str | None, checkpoint: str | os.PathLike | None = None, 
     ``name=None`` the configuration comes from the checkpoint (``config.json`` or Lightning
     hyperparameters). ``encoder_only=True`` accepts checkpoints without a decoder.
     """
-    from geofm.models import checkpoints  # local: checkpoints imports this module
-
     ckpt = checkpoints.read_checkpoint(checkpoint) if checkpoint is not None else None
     if name is None:
         if ckpt is None or ckpt.config is None:
@@ -101,3 +103,38 @@ def create_encoder(name: str | None, checkpoint: str | os.PathLike | None = None
     encoder = mae.encoder
     encoder.config = mae.config
     return encoder
+
+
+def infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Model options read off the tensor shapes of an adapted state dict.
+
+    Head counts are not stored in weights: they come from the preset with the same width
+    and depth when one exists, else 64 (encoder) and 32 (decoder) dims per head.
+    """
+    w = state_dict["encoder.patch_embed.proj.weight"]  # (D, C, u, p, q)
+    d, c, u, p, _ = w.shape
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("encoder.blocks.")})
+    cfg: dict[str, Any] = {"embed_dim": d, "in_chans": c, "patch_size": (u, p, p), "depth": depth,
+                           "mlp_ratio": state_dict["encoder.blocks.0.mlp.fc1.weight"].shape[0] / d}
+    n_tokens = state_dict["encoder.pos_embed"].shape[1] - 1
+    match = [dict(v) for v in PRESETS.values() if v["embed_dim"] == d and v["depth"] == depth]
+    preset = match[0] if match else {}
+    cfg["num_heads"] = preset.get("num_heads", max(1, d // 64))
+    grid = guess_grid(n_tokens, (preset.get("num_frames", 1) // u or 1, 0, 0), (u, p, p))
+    if grid is None:
+        raise CheckpointError(f"cannot infer the token grid from {n_tokens} position-embedding tokens")
+    cfg["num_frames"], cfg["img_size"] = grid[0] * u, grid[1] * p
+    if "decoder.decoder_embed.weight" in state_dict:
+        dd = state_dict["decoder.decoder_embed.weight"].shape[0]
+        cfg["decoder_embed_dim"] = dd
+        cfg["decoder_depth"] = len({k.split(".")[2] for k in state_dict if k.startswith("decoder.decoder_blocks.")})
+        cfg["decoder_num_heads"] = preset.get("decoder_num_heads", max(1, dd // 32))
+    coords = [n for n, key in (("time", "encoder.temporal_embed_enc.scale"),
+                               ("location", "encoder.location_embed_enc.scale")) if key in state_dict]
+    if coords:
+        cfg["coords_encoding"] = tuple(coords)
+        cfg["coords_scale_learn"] = True
+    for key in ("norm_stats",):
+        if key in preset:
+            cfg[key] = preset[key]
+    return cfg

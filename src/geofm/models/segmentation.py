@@ -31,6 +31,7 @@ from geofm.bands import HLS_NODATA, norm_stats
 from geofm.errors import CheckpointError
 from geofm.io import atomic_path
 from geofm.models.heads import FCNHead
+from geofm.models.imputer import Imputer
 from geofm.models.mae import PrithviConfig, PrithviMAE
 from geofm.models.necks import NECKS
 from geofm.models.vit import PrithviViT
@@ -147,6 +148,12 @@ class FinetunedInfo:
     ``mean``/``std`` are per band in reflectance ×10000: ``x = (raw - mean) / std``; raw
     ``nodata`` pixels become :data:`geofm.bands.NORMALIZED_NODATA`. ``img_size`` is the tile
     size the model was trained on (any multiple of the patch size works).
+
+    Released models (:mod:`geofm.models.released`) also set ``layout`` ("hls_foundation",
+    "terratorch"), ``nodata_fill`` (per band, the normalized value nodata pixels get, as the
+    released pipeline's nodata replacement gives; None: NORMALIZED_NODATA) and ``stacked_bands``
+    (1-based bands of each frame in a stacked GeoTIFF, e.g. [[2, 3, 4, 9, 12, 13]] for the
+    13-band Sentinel-2 stacks of Sen1Floods11; None: bands 1-6).
     """
 
     task: str
@@ -163,6 +170,9 @@ class FinetunedInfo:
     ignore_index: int | None = -1
     source: str = ""
     extra: dict = field(default_factory=dict)
+    layout: str = "geofm"
+    nodata_fill: list[float] | None = None
+    stacked_bands: list[list[int]] | None = None
 
 
 def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.PathLike, *, task: str,
@@ -180,8 +190,8 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task == "segmentation" and not isinstance(model, SegmentationModel):
         raise TypeError(f"task 'segmentation' exports a SegmentationModel, got {type(model).__name__}")
-    if task == "imputation" and not isinstance(model, PrithviMAE):
-        raise TypeError(f"task 'imputation' exports a PrithviMAE, got {type(model).__name__}")
+    if task == "imputation" and not isinstance(model, (Imputer, PrithviMAE)):
+        raise TypeError(f"task 'imputation' exports an Imputer or a PrithviMAE, got {type(model).__name__}")
     enc_cfg = model.encoder_config if isinstance(model, SegmentationModel) else model.config
     n_bands = enc_cfg.in_chans
     if not (len(mean) == len(std) == len(bands) == n_bands):
@@ -203,6 +213,8 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
                  "nodata": nodata, "ignore_index": ignore_index},
         "extra": extra or {},
     }
+    if isinstance(model, Imputer):
+        config["model_type"], config["imputer"] = "prithvi_imputer", model.imputer_config
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -214,28 +226,52 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
     return out
 
 
-def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
-    """Load an export of :func:`save_finetuned` (or a plain MAE export) in eval mode.
-
-    ``path`` is the export folder or its ``model.safetensors``. Returns the model
-    (:class:`SegmentationModel`: ``model(x) -> (B, K, H, W)`` logits; :class:`PrithviMAE` for
-    imputation) and its :class:`FinetunedInfo`.
-    """
+def _load_checked(model: nn.Module, weights: Path, cfg_file: Path) -> None:
+    """Load ``weights`` into ``model``; a CheckpointError lists missing/unexpected/misshapen tensors."""
     from safetensors.torch import load_file
 
+    try:
+        sd = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read safetensors file '{weights}': {e}") from e
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in sd] + [f"unexpected {k}" for k in sd if k not in own]
+    problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+                 if k in own and v.shape != own[k].shape]
+    if problems:
+        more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise CheckpointError(f"'{weights}' does not fit the model described by '{cfg_file}': "
+                              + "; ".join(problems[:8]) + more)
+    model.load_state_dict(sd)
+
+
+def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
+    """Load a fine-tuned model in eval mode: an export of :func:`save_finetuned` (or a plain MAE
+    export), or a released fine-tune as published (hls-foundation-os ``.pth`` + ``.py``, TerraTorch
+    Lightning checkpoint or Hugging Face folder; see :mod:`geofm.models.released`).
+
+    ``path`` is the export folder or its ``model.safetensors``, or the released file/folder. Returns
+    the model (``model(x) -> (B, K, H, W)`` logits for segmentation; an
+    :class:`~geofm.models.imputer.Imputer` for imputation: ``model(x, hidden)`` -> gap-filled
+    (B, C, T, H, W); a plain MAE export loads as ``Imputer(mae, residual="none")``) and its
+    :class:`FinetunedInfo`.
+    """
     from geofm.models.checkpoints import config_from_json
     from geofm.models.presets import build_config, create_model
+    from geofm.models.released import find_layout, load_released
 
     p = Path(path)
     folder = p.parent if p.is_file() else p
     cfg_file, weights = folder / "config.json", folder / "model.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
-        raise CheckpointError(f"'{path}' is not a geofm export: expected config.json and model.safetensors "
-                              f"in '{folder}'")
+        find_layout(path)  # raises, naming the layouts tried, when none fits
+        return load_released(path)
     try:
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"'{cfg_file}' is not valid JSON: {e}") from e
+    if "released" in raw:
+        return load_released(folder)
     task = raw.get("geofm_task", "imputation")
     if task not in TASKS:
         raise CheckpointError(f"'{cfg_file}': geofm_task must be one of {TASKS}, got {task!r}")
@@ -246,8 +282,11 @@ def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
     if mean is None or std is None:
         mean, std = map(list, norm_stats(model_cfg.norm_stats or "v1"))
     head = raw.get("head") or {}
-    if task == "imputation":
-        model: nn.Module = create_model(None, folder)
+    if task == "imputation" and raw.get("imputer"):
+        model: nn.Module = Imputer(PrithviMAE(model_cfg), **raw["imputer"])
+        _load_checked(model, weights, cfg_file)
+    elif task == "imputation":  # a plain MAE export: the paper's pure reconstruction
+        model = Imputer(create_model(None, folder), residual="none")
     else:
         if not head.get("num_classes"):
             raise CheckpointError(f"'{cfg_file}': a segmentation export needs head.num_classes")
@@ -256,19 +295,7 @@ def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
         kwargs = {k: head[k] for k in ("neck", "num_frames", "neck_channels", "layers", "head_channels",
                                        "head_convs", "dropout") if k in head}
         model = SegmentationModel(encoder, int(head["num_classes"]), **kwargs)
-        try:
-            sd = load_file(str(weights), device="cpu")
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read safetensors file '{weights}': {e}") from e
-        own = model.state_dict()
-        problems = [f"missing {k}" for k in own if k not in sd] + [f"unexpected {k}" for k in sd if k not in own]
-        problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
-                     if k in own and v.shape != own[k].shape]
-        if problems:
-            more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
-            raise CheckpointError(f"'{weights}' does not fit the model described by '{cfg_file}': "
-                                  + "; ".join(problems[:8]) + more)
-        model.load_state_dict(sd)
+        _load_checked(model, weights, cfg_file)
     model.eval()
     info = FinetunedInfo(
         task=task, num_classes=int(head["num_classes"]) if task == "segmentation" else None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import logging
 import time
@@ -55,16 +56,32 @@ class DataSection:
     mean: list[float] | None = None  # per band, reflectance x10000 (default: the dataset's)
     std: list[float] | None = None
     predict_split: str = "test"
-    # imputation only
-    store: str | None = None
-    stacks: list[str] = field(default_factory=list)
-    stack_frames: int = 3
-    fmask: list[str] = field(default_factory=list)
+    # imputation only (see docs/finetuning.md, "Cloud-gap imputation")
+    # one entry per series: a folder / glob of per-date files, or {inputs: ..., stacked_fmask_band: ...,
+    # fmask_kind: ..., stacked_bands: ...} with options of its own
+    series: list[str | dict[str, Any]] = field(default_factory=list)
+    stacks: list[str] = field(default_factory=list)  # T x 6-band stacks, one series each
+    stack_frames: int = 3  # T of each stack
+    store: str | None = None  # a geofm chip store: each chip is a series
+    stacked_bands: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])  # 1-based bands of each file
+    stacked_fmask_band: int | None = None  # 1-based Fmask band (else a sidecar X.Fmask.tif, if any)
+    fmask_kind: Literal["hls", "cfmask"] = "hls"
+    fmask: list[str] = field(default_factory=list)  # gap masks: 1-band HLS Fmask files
+    own_masks: bool = True  # also the series' own partly cloudy frames' cloud masks
     generate: bool = False  # synthesize an HLS series + store under {run_dir}/data (demos, tests)
     generate_size: int = 128
-    gap_frames: list[int] | None = None
-    patch_threshold: float = 0.0
+    # a real image made into two series with known truth under {run_dir}/data: its top half trains,
+    # a 64 x 128 px part of its bottom half is added to the test series (bands 2-7: the HLS bands)
+    generate_from_image: str | None = None
+    samples_per_epoch: int = 8  # random samples per series and epoch
+    gap_frames: list[int] | None = None  # dates (in the T-window) that may get the gap (default: any)
     min_hidden: float = 0.02
+    val_series: list[str | dict[str, Any]] = field(default_factory=list)  # default: the training series
+    test_series: list[str | dict[str, Any]] = field(default_factory=list)  # held out (default: val_series)
+    test_masks: list[str] | None = None  # default: data.fmask
+    test_frames: list[int] | None = None  # dates of each window that get the mask (default: the middle one)
+    test_stride: int | None = None  # dates between evaluation windows (default: T)
+    val_samples: int | None = 64  # evenly spaced samples of the validation protocol (None: all)
 
 
 @dataclass
@@ -79,6 +96,8 @@ class ModelSection:
     head_channels: int = 64
     head_convs: int = 1
     dropout: float = 0.1
+    residual: Literal["linear", "none"] = "linear"  # imputation: correction of the temporal baseline, or none
+    patch_threshold: float = 0.0  # imputation, residual none: hide a patch when its hidden fraction is above
 
 
 @dataclass
@@ -154,34 +173,14 @@ def run_dir_of(cfg: FinetuneConfig) -> Path:
 
 
 # --------------------------------------------------------------------------- building blocks
-def build_datamodule(cfg: FinetuneConfig, run_dir: Path | None = None, patch_size: tuple[int, int, int] | None = None):
-    """The LightningDataModule of ``cfg.data`` (``patch_size`` is needed for imputation masks)."""
+def build_datamodule(cfg: FinetuneConfig, run_dir: Path | None = None):
+    """The LightningDataModule of ``cfg.data``."""
     d = cfg.data
     common = dict(batch_size=d.batch_size, eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
                   label_fraction=d.label_fraction, seed=d.split_seed, label_seed=cfg.seed, val_fraction=d.val_fraction,
                   test_fraction=d.test_fraction, augment=d.augment, mean=d.mean, std=d.std)
     if d.dataset == "imputation":
-        from geofm.data.datasets.imputation import ImputationDataModule, generate_series
-
-        store = resolve_path(d.store, run_dir)
-        fmask = []  # a trailing "?" marks an optional file (e.g. one in ../shared/data)
-        for f in d.fmask:
-            path = resolve_path(f.rstrip("?"), run_dir)
-            if not f.endswith("?") or Path(path).is_file():
-                fmask.append(path)
-        if d.generate:
-            if run_dir is None:
-                raise ConfigError("data.generate needs a run folder")
-            gen_store, gen_fmask = generate_series(run_dir / "data", size=d.generate_size,
-                                                   chip_size=d.crop_size or 32, seed=cfg.seed)
-            store = store or str(gen_store)
-            fmask = fmask + [str(p) for p in gen_fmask]
-        if patch_size is None:
-            raise ConfigError("imputation data needs the model's patch size")
-        return ImputationDataModule(store=store, stacks=[resolve_path(s, run_dir) for s in d.stacks],
-                                    stack_frames=d.stack_frames, fmask=fmask, patch_size=patch_size,
-                                    crop_size=d.crop_size, gap_frames=d.gap_frames, patch_threshold=d.patch_threshold,
-                                    min_hidden=d.min_hidden, **common)
+        return build_imputation_datamodule(cfg, run_dir, common)
     if d.root is None:
         raise ConfigError(f"data.root is required for dataset {d.dataset!r}")
     root = resolve_path(d.root, run_dir)
@@ -200,19 +199,84 @@ def build_datamodule(cfg: FinetuneConfig, run_dir: Path | None = None, patch_siz
     return CropsDataModule(root, **tiles, **common)
 
 
-def model_patch_size(cfg: FinetuneConfig) -> tuple[int, int, int]:
-    """Patch size (tubelet, p, p) of the configured encoder, without building it."""
-    from geofm.models.checkpoints import config_from_json
-    from geofm.models.presets import build_config
+def build_imputation_datamodule(cfg: FinetuneConfig, run_dir: Path | None, common: dict):
+    """The :class:`~geofm.data.datasets.imputation.ImputationDataModule` of ``cfg.data``."""
+    from geofm.data.datasets.imputation import ImputationDataModule, generate_series, store_series
+    from geofm.data.series import load_series
 
-    options = dict(cfg.model.options)
-    ckpt = resolve_path(cfg.model.checkpoint)
-    if cfg.model.name is None:
-        if ckpt is None or not (Path(ckpt) / "config.json").is_file():
-            raise ConfigError("model.name null needs model.checkpoint = a folder with config.json")
-        return build_config(None, config_from_json(json.loads((Path(ckpt) / "config.json").read_text())),
-                            **options).patch_size
-    return build_config(cfg.model.name, None, **options).patch_size
+    d = cfg.data
+
+    def paths(items):  # a trailing "?" marks an optional entry (e.g. a file in ../shared/data)
+        out = []
+        for f in items:
+            p = resolve_path(f.rstrip("?"), run_dir)
+            if not f.endswith("?") or glob.glob(p):
+                out.append(p)
+        return out
+
+    def series_of(entries, stacks=()):
+        kw = dict(stacked_bands=d.stacked_bands, stacked_fmask_band=d.stacked_fmask_band, fmask_kind=d.fmask_kind)
+        out = load_series(paths(stacks), stack_frames=d.stack_frames, **kw) if stacks else []
+        for e in entries:
+            own = dict(e) if isinstance(e, dict) else {"inputs": e}
+            inputs = own.pop("inputs", None)
+            unknown = set(own) - set(kw) - {"stack_frames"}
+            if inputs is None or unknown:
+                raise ConfigError(f"a data series entry needs 'inputs' and may set {sorted(kw)} / stack_frames, "
+                                  f"got {sorted(own) + (['inputs'] if inputs else [])}")
+            found = paths([inputs] if isinstance(inputs, str) else inputs)
+            if found:
+                out += load_series([",".join(found)], **{**kw, **own})
+        return out
+
+    series = series_of(d.series, d.stacks)
+    fmask = paths(d.fmask)
+    store = resolve_path(d.store, run_dir)
+    if d.generate:
+        if run_dir is None:
+            raise ConfigError("data.generate needs a run folder")
+        gen_store, gen_fmask = generate_series(run_dir / "data", size=d.generate_size, chip_size=d.crop_size or 32,
+                                               seed=cfg.seed)
+        store = store or str(gen_store)
+        fmask += [str(p) for p in gen_fmask]
+    if store is not None:
+        series += store_series(store)
+    test_series = series_of(d.test_series)
+    if d.generate_from_image:
+        from geofm.data import synthetic
+
+        image = resolve_path(d.generate_from_image, run_dir)
+        if run_dir is None:
+            raise ConfigError("data.generate_from_image needs a run folder")
+        with _open_image(image) as src:
+            h, w = src.height, src.width
+        parts = (("train", (0, h // 2), (0, w), cfg.seed), ("test", (h // 2, min(h, h // 2 + 64)), (0, min(w, 128)),
+                                                             cfg.seed + 1))
+        for part, rows, cols, seed in parts:
+            folder = run_dir / "data" / f"generated_{part}"
+            if not any(folder.glob("series_*.Fmask.tif")):
+                synthetic.write_series_from_image(image, folder, rows=rows, cols=cols, seed=seed)
+            (series if part == "train" else test_series).extend(load_series([str(folder)]))
+    frames = cfg.model.options.get("num_frames", 3)
+    if cfg.model.name is not None:
+        from geofm.models.presets import build_config
+
+        frames = build_config(cfg.model.name, None, **cfg.model.options).num_frames
+    return ImputationDataModule(
+        series=series, fmask=fmask, frames=frames, crop_size=d.crop_size or 32, samples_per_epoch=d.samples_per_epoch,
+        gap_frames=d.gap_frames, min_hidden=d.min_hidden, own_masks=d.own_masks,
+        val_series=series_of(d.val_series) or None, test_series=test_series or None,
+        test_masks=None if d.test_masks is None else paths(d.test_masks), test_frames=d.test_frames,
+        test_stride=d.test_stride, val_samples=d.val_samples,
+        **{k: common[k] for k in ("batch_size", "eval_batch_size", "num_workers", "augment", "mean", "std")})
+
+
+def _open_image(path: str):
+    from geofm.data.hls import open_raster
+
+    if not Path(path).is_file():
+        raise ConfigError(f"data.generate_from_image: file '{path}' does not exist")
+    return open_raster(path)
 
 
 def build_task(cfg: FinetuneConfig, dm):
@@ -224,7 +288,8 @@ def build_task(cfg: FinetuneConfig, dm):
     if cfg.task == "imputation":
         from geofm.tasks.imputation import ImputationTask
 
-        return ImputationTask({"name": m.name, "checkpoint": checkpoint, **m.options},
+        return ImputationTask({"name": m.name, "checkpoint": checkpoint, "residual": m.residual,
+                               "patch_threshold": m.patch_threshold, **m.options},
                               mean=dm.description["mean"], std=dm.description["std"], loss=o.loss, **optim)
     from geofm.tasks.segmentation import SegmentationTask
 
@@ -304,7 +369,7 @@ def run_finetune(cfg: FinetuneConfig, stage: str = "fit") -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / ("config.yaml" if stage == "fit" else f"config_{stage}.yaml"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = build_datamodule(cfg, run_dir, model_patch_size(cfg) if cfg.task == "imputation" else None)
+    dm = build_datamodule(cfg, run_dir)
     if stage == "fit" and cfg.optim.strategy != "scratch" and cfg.model.checkpoint is None:
         log.warning("strategy %r without model.checkpoint: the encoder starts from random weights",
                     cfg.optim.strategy)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from geofm.models.imputer import fill_hidden
+
 
 # --------------------------------------------------------------------------- segmentation
 def confusion_metric(num_classes: int, ignore_index: int = -1):
@@ -54,73 +56,102 @@ def nearest_clear_frame(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     x (B, C, T, H, W); hidden (B, T, H, W) bool. Ties prefer the earlier frame; pixels hidden in
     every frame get the per-band mean of the visible pixels of the sample.
     """
-    return _temporal_fill(x, hidden, linear=False)
+    return fill_hidden(x, hidden, linear=False)
 
 
 def temporal_linear(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Fill hidden pixels by linear interpolation (in time index) between the closest visible frames
     before and after; pixels with a visible frame on one side only take it (nearest clear frame)."""
-    return _temporal_fill(x, hidden, linear=True)
-
-
-def _temporal_fill(x: torch.Tensor, hidden: torch.Tensor, linear: bool) -> torch.Tensor:
-    b, c, T, h, w = x.shape
-    vis = ~hidden  # (B, T, H, W)
-    t_idx = torch.arange(T, device=x.device).view(1, T, 1, 1).expand_as(vis)
-    big = T * 10
-    out = x.clone()
-    vis_f = vis.unsqueeze(1).to(x.dtype)
-    fallback = (x * vis_f).sum((2, 3, 4), keepdim=True) / vis_f.sum((2, 3, 4), keepdim=True).clamp_min(1)
-    for t in range(T):
-        need = hidden[:, t]  # (B, H, W)
-        if not need.any():
-            continue
-        before = torch.where(vis & (t_idx < t), t_idx, torch.full_like(t_idx, -big)).amax(1)  # (B, H, W)
-        after = torch.where(vis & (t_idx > t), t_idx, torch.full_like(t_idx, big)).amin(1)
-        has_b, has_a = before >= 0, after < T
-        xb = torch.gather(x, 2, before.clamp(0, T - 1)[:, None, None].expand(b, c, 1, h, w)).squeeze(2)
-        xa = torch.gather(x, 2, after.clamp(0, T - 1)[:, None, None].expand(b, c, 1, h, w)).squeeze(2)
-        if linear:
-            wgt = ((t - before) / (after - before).clamp_min(1)).to(x.dtype)[:, None]
-            both = xb + (xa - xb) * wgt
-        else:
-            both = torch.where(((t - before) <= (after - t))[:, None], xb, xa)
-        fill = torch.where((has_b & has_a)[:, None], both,
-                           torch.where(has_b[:, None], xb, torch.where(has_a[:, None], xa,
-                                                                        fallback[:, :, 0].expand(b, c, h, w))))
-        out[:, :, t] = torch.where(need[:, None], fill, x[:, :, t])
-    return out
+    return fill_hidden(x, hidden, linear=True)
 
 
 # --------------------------------------------------------------------------- reconstruction scores
 def masked_image_scores(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor,
-                        data_range: float = 1.0) -> dict[str, float | int]:
-    """MAE, RMSE, PSNR (dB) and SSIM of ``pred`` vs ``target`` over ``hidden`` pixels.
+                        data_range: float = 1.0) -> dict:
+    """MAE, RMSE, PSNR (dB) and SSIM of ``pred`` vs ``target`` over ``hidden`` pixels, overall and per band.
 
     pred, target (B, C, T, H, W) in reflectance (0..1); hidden (B, T, H, W) bool (pixels that
-    count: hidden and with data). SSIM is computed per frame with an 11×11 Gaussian window on
-    the whole image (``pred`` keeps the visible pixels, so windows straddling a gap edge see
-    real context) and averaged over the hidden pixels. Returns also ``n`` = hidden pixel count.
+    count: hidden and with data). SSIM is computed per frame and band with an 11×11 Gaussian
+    window on the whole image (``pred`` keeps the visible pixels, so windows straddling a gap
+    edge see real context) and averaged over the hidden pixels. Returns also ``n`` = hidden
+    pixel count and ``bands`` = {"mae", "rmse", "ssim"}: lists with one value per band.
     """
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
-    m = hidden.unsqueeze(1).expand_as(target)
     n = int(hidden.sum())
-    if n == 0:
-        return {"mae": float("nan"), "rmse": float("nan"), "psnr": float("nan"), "ssim": float("nan"), "n": 0}
-    diff = (pred - target)[m].double()
-    mae = float(diff.abs().mean())
-    mse = float((diff ** 2).mean())
-    psnr = float(10 * torch.log10(torch.tensor(data_range ** 2 / max(mse, 1e-12))))
     b, c, T, h, w = target.shape
+    if n == 0:
+        nan = float("nan")
+        return {"mae": nan, "rmse": nan, "psnr": nan, "ssim": nan, "n": 0,
+                "bands": {"mae": [nan] * c, "rmse": [nan] * c, "ssim": [nan] * c}}
+    m = hidden.unsqueeze(1).expand_as(target)
+    diff = (pred - target).double().masked_fill(~m, 0.0)
+    band_abs = diff.abs().sum((0, 2, 3, 4)) / n  # (C,)
+    band_sq = (diff ** 2).sum((0, 2, 3, 4)) / n
+    mse = float(band_sq.mean())
+    psnr = float(10 * torch.log10(torch.tensor(data_range ** 2 / max(mse, 1e-12))))
     p2 = pred.clamp(0, data_range).permute(0, 2, 1, 3, 4).reshape(b * T, c, h, w).float()
     t2 = target.clamp(0, data_range).permute(0, 2, 1, 3, 4).reshape(b * T, c, h, w).float()
-    ks = min(11, (min(h, w) // 2) * 2 - 1)
+    ks = max(3, min(11, (min(h, w) // 2) * 2 - 1))
+    if min(h, w) < ks:  # tiny images: pad by reflection so that the window fits
+        padding = (ks - min(h, w) + 1) // 2 + 1
+        p2 = torch.nn.functional.pad(p2, (padding,) * 4, mode="replicate")
+        t2 = torch.nn.functional.pad(t2, (padding,) * 4, mode="replicate")
+    else:
+        padding = 0
     _, smap = ssim_fn(p2, t2, data_range=data_range, kernel_size=ks, sigma=1.5 * ks / 11, return_full_image=True)
-    hid = hidden.reshape(b * T, 1, h, w).expand_as(smap)
-    ssim = float(smap[hid].double().mean())
-    return {"mae": mae, "rmse": mse ** 0.5, "psnr": psnr, "ssim": ssim, "n": n}
+    if padding:
+        smap = smap[..., padding:padding + h, padding:padding + w]
+    hid = hidden.reshape(b * T, 1, h, w).to(smap.dtype)
+    band_ssim = (smap.double() * hid).sum((0, 2, 3)) / n  # (C,)
+    return {"mae": float(band_abs.mean()), "rmse": mse ** 0.5, "psnr": psnr, "ssim": float(band_ssim.mean()), "n": n,
+            "bands": {"mae": band_abs.tolist(), "rmse": band_sq.sqrt().tolist(), "ssim": band_ssim.tolist()}}
 
 
-__all__ = ["confusion_metric", "masked_image_scores", "nearest_clear_frame", "scores_from_confusion",
+class ScoreSums:
+    """Pixel-weighted running sums of :func:`masked_image_scores` results, one set per method
+    ("model", "nearest", "linear", ...). ``result()`` gives ``mae``, ``rmse``, ``psnr``, ``ssim``
+    (``_<method>`` suffix for methods other than "model"), per band too (``mae_<band>`` ...) and ``pixels``."""
+
+    def __init__(self, bands: Sequence[str] | None = None):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.bands = list(bands) if bands is not None else None
+
+    def add(self, method: str, s: dict) -> None:
+        if s["n"] == 0:
+            return
+        n = float(s["n"])
+        bands = s["bands"]
+        parts = {"abs": torch.tensor(bands["mae"], dtype=torch.float64) * n,
+                 "sq": torch.tensor(bands["rmse"], dtype=torch.float64) ** 2 * n,
+                 "ssim": torch.tensor(bands["ssim"], dtype=torch.float64) * n,
+                 "n": torch.tensor(n, dtype=torch.float64)}
+        for key, v in parts.items():
+            k = f"{method}/{key}"
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(k.split("/")[0] for k in self.sums))
+
+    def result(self, data_range: float = 1.0) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for m in self.methods():
+            n = float(self.sums[f"{m}/n"])
+            suffix = "" if m == "model" else f"_{m}"
+            abs_b, sq_b, ssim_b = (self.sums[f"{m}/{k}"] / n for k in ("abs", "sq", "ssim"))
+            mse = float(sq_b.mean())
+            out[f"mae{suffix}"] = float(abs_b.mean())
+            out[f"rmse{suffix}"] = mse ** 0.5
+            out[f"psnr{suffix}"] = float(10 * torch.log10(torch.tensor(data_range ** 2 / max(mse, 1e-12))))
+            out[f"ssim{suffix}"] = float(ssim_b.mean())
+            names = self.bands or [str(i) for i in range(len(abs_b))]
+            for i, name in enumerate(names):
+                out[f"mae{suffix}_{name}"] = float(abs_b[i])
+                out[f"rmse{suffix}_{name}"] = float(sq_b[i]) ** 0.5
+                out[f"ssim{suffix}_{name}"] = float(ssim_b[i])
+            out["pixels"] = n
+        return out
+
+
+__all__ = ["ScoreSums", "confusion_metric", "masked_image_scores", "nearest_clear_frame", "scores_from_confusion",
            "temporal_linear"]

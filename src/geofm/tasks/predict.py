@@ -94,7 +94,8 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
                 rec = _denorm(recon[k], mean, std)
                 valid = batch["valid"][k].numpy()
                 gap = batch["gap"][k].numpy()
-                rec_i = np.where(valid[None], np.clip(np.rint(rec), -32768, 32767), HLS_NODATA).astype(np.int16)
+                has_data = ~(image == np.float32(NORMALIZED_NODATA)).all(axis=0)  # clouds are filled, nodata stays
+                rec_i = np.where(has_data[None], np.clip(np.rint(rec), -32768, 32767), HLS_NODATA).astype(np.int16)
                 c_, t_, h_, w_ = rec_i.shape
                 write_geotiff(out_dir / f"{name}_recon.tif", rec_i.transpose(1, 0, 2, 3).reshape(t_ * c_, h_, w_),
                               crs, transform, HLS_NODATA)

@@ -1,21 +1,22 @@
-"""Cloud-gap imputation: multi-frame HLS chips with gaps cut by real Fmask cloud masks.
+"""Cloud-gap imputation data: real time series, gaps cut by real Fmask cloud masks.
 
-Source of chips: a geofm chip store (``geofm ingest``: int16 (T, C, H, W) reflectance ×10000,
-nodata -9999, with each chip's CRS/transform) or GeoTIFF stacks of T×6 bands, time-major
-(frame 1 Blue..SWIR2, frame 2 ...), as ``geofm.data.ingest.export_geotiffs`` or the HLS crop
-dataset write them. Source of gaps: HLS v2.0 Fmask layers (uint8 bits: 1 cloud, 2 adjacent,
-3 shadow; 255 fill) — real ones such as an HLS S30 Fmask, or those of
-:mod:`geofm.data.synthetic` granules. Licenses follow the inputs (HLS: NASA, public domain).
+Series (:mod:`geofm.data.series`): one GeoTIFF per date with its Fmask as a band or a sidecar
+``.Fmask.tif``, HLS granules, T×6-band stacks, or the chips of a geofm chip store (``geofm
+ingest``: int16 (T, C, H, W) reflectance ×10000, nodata -9999). The same files feed ``geofm
+predict``. Gap masks: HLS v2.0 Fmask layers (bits 1 cloud, 2 adjacent, 3 shadow; 255 fill),
+e.g. a real HLS S30 Fmask, plus (``own_masks``) the partly cloudy frames' own cloud masks of
+the series. Licences follow the inputs (HLS and Landsat: public domain).
 
-Following the paper's cloud-imputation task, each sample takes, for every gap frame, a
-random window of a random Fmask layer (with a random flip/rot90), and hides the patches whose
-cloudy fraction exceeds ``patch_threshold``; the MAE reconstructs hidden patches from the
-visible ones and the other frames. Masks are fixed per sample (seeded) in val/test, so that
-the model and the baselines see the same gaps.
+Training (:class:`RandomGaps`): ``samples_per_epoch`` samples per series and epoch, each a
+random window of ``frames`` consecutive dates and ``crop_size`` px (padded with nodata where the
+series is smaller), a random flip/rotation, and one random date of ``gap_frames`` hidden by a
+random window of a random mask. Evaluation (:class:`FixedGaps`): a fixed protocol, see
+:func:`fixed_protocol`.
 
 Sample dict: ``image`` float32 (C, T, H, W) normalized (nodata -> 0.0001), ``valid`` bool
-(T, H, W) pixels with data, ``gap`` bool (T, H, W) the hidden pixels (whole patches),
-``patch_mask`` float32 (L,) 1 = hidden, L = (T/u)(H/p)(W/p) in ``(t h w)`` order, ``index``.
+(T, H, W) pixels with data that are clear in the series (the only ones that can be scored),
+``gap`` bool (T, H, W) the pixels hidden on purpose (a subset of ``valid``), ``index``. The
+model must fill ``gap | ~valid`` (gaps, the series' own clouds and nodata) and is scored on ``gap``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import torch
 from torch.utils.data import Dataset
 
 from geofm.bands import HLS_NODATA, MODEL_BANDS, NORMALIZED_NODATA, norm_stats
-from geofm.data.datasets.base import SplitsDataModule, seeded_split, subsample
+from geofm.data.datasets.base import SplitsDataModule
 from geofm.data.hls import DEFAULT_CLOUD_BITS, cloud_mask
+from geofm.data.series import Series, load_series
 from geofm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 class CloudMaskBank:
     """Binary cloud masks (True = cloud/adjacent/shadow) decoded from real Fmask GeoTIFFs or arrays."""
 
-    def __init__(self, sources: Sequence[str | Path | np.ndarray], bits: Sequence[str] = DEFAULT_CLOUD_BITS):
+    def __init__(self, sources: Sequence[str | Path | np.ndarray] = (), bits: Sequence[str] = DEFAULT_CLOUD_BITS):
         import rasterio
 
         self.masks: list[np.ndarray] = []
@@ -59,192 +61,278 @@ class CloudMaskBank:
                         fmask = ds.read(1)
                 except rasterio.errors.RasterioIOError as e:
                     raise DataError(f"cannot open Fmask '{src}': {e}") from e
-            self.masks.append(cloud_mask(fmask, bits))
-            self.names.append(name)
-        if not self.masks:
-            raise DataError("no Fmask layers given for the gap masks")
+            self.add(cloud_mask(fmask, bits), name)
+
+    def add(self, mask: np.ndarray, name: str) -> None:
+        """Add a (h, w) bool cloud mask."""
+        self.masks.append(np.asarray(mask, bool))
+        self.names.append(name)
+
+    def __len__(self) -> int:
+        return len(self.masks)
 
     def cover(self) -> list[float]:
         """Cloudy fraction of each layer."""
         return [float(m.mean()) for m in self.masks]
 
-    def draw(self, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-        """A (h, w) bool window of a random layer (tiled if smaller), randomly flipped/rotated."""
-        m = self.masks[int(rng.integers(len(self.masks)))]
-        m = np.rot90(m, int(rng.integers(4)))
-        if rng.integers(2):
+    def window(self, k: int, h: int, w: int, row: int = 0, col: int = 0, k_rot: int = 0,
+               flip: bool = False) -> np.ndarray:
+        """(h, w) bool window of layer ``k`` (rotated ``k_rot`` × 90°, flipped, tiled if smaller)."""
+        m = np.rot90(self.masks[k], k_rot)
+        if flip:
             m = m[:, ::-1]
-        reps = (-(-h // m.shape[0]) + 1, -(-w // m.shape[1]) + 1)
-        if reps != (1, 1) and (m.shape[0] < h or m.shape[1] < w):
-            m = np.tile(m, reps)
-        r = int(rng.integers(m.shape[0] - h + 1))
-        c = int(rng.integers(m.shape[1] - w + 1))
-        return np.ascontiguousarray(m[r:r + h, c:c + w])
+        if m.shape[0] < h + row or m.shape[1] < w + col:
+            m = np.tile(m, (-(-(h + row) // m.shape[0]), -(-(w + col) // m.shape[1])))
+        return np.ascontiguousarray(m[row:row + h, col:col + w])
+
+    def placed(self, k: int, h: int, w: int, cover: float = 0.25) -> np.ndarray:
+        """Layer ``k`` fitted to an (h, w) series: its window whose cloudy fraction is closest to
+        ``cover`` (first in row-major order on ties) where the layer is larger, tiled where smaller."""
+        m = self.masks[k]
+        hh, ww = min(h, m.shape[0]), min(w, m.shape[1])
+        if (hh, ww) != m.shape:
+            ii = np.pad(m.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            frac = (ii[hh:, ww:] - ii[:-hh, ww:] - ii[hh:, :-ww] + ii[:-hh, :-ww]) / (hh * ww)
+            r, c = np.unravel_index(int(np.argmin(np.abs(frac - cover))), frac.shape)
+            m = m[r:r + hh, c:c + ww]
+        return np.tile(m, (-(-h // m.shape[0]), -(-w // m.shape[1])))[:h, :w]
+
+    def draw(self, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+        """A (h, w) bool window of a random layer at a random place, randomly flipped/rotated."""
+        k = int(rng.integers(len(self.masks)))
+        k_rot, flip = int(rng.integers(4)), bool(rng.integers(2))
+        mh, mw = self.masks[k].shape if k_rot % 2 == 0 else self.masks[k].shape[::-1]
+        row = int(rng.integers(max(mh - h, 0) + 1))
+        col = int(rng.integers(max(mw - w, 0) + 1))
+        return self.window(k, h, w, row, col, k_rot, flip)
 
 
-def patch_mask_from_gaps(gap: np.ndarray, patch_size: Sequence[int], threshold: float = 0.0) -> np.ndarray:
-    """(T, H, W) bool cloudy pixels -> (L,) float32 patch mask, 1 where the cloudy fraction > ``threshold``.
-
-    At least one patch always stays visible (the MAE needs a token).
-    """
-    u, p, q = patch_size
-    T, H, W = gap.shape
-    frac = gap.reshape(T // u, u, H // p, p, W // q, q).mean(axis=(1, 3, 5)).ravel()  # (t h w) order
-    hidden = frac > threshold
-    if hidden.all():
-        hidden[int(np.argmin(frac))] = False
-    return hidden.astype(np.float32)
-
-
-def gaps_of(patch_mask: np.ndarray, patch_size: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """(L,) patch mask -> (T, H, W) bool hidden pixels."""
-    u, p, q = patch_size
-    T, H, W = shape
-    m = patch_mask.reshape(T // u, H // p, W // q).astype(bool)
-    return m.repeat(u, 0).repeat(p, 1).repeat(q, 2)
+def own_cloud_masks(series: Series, min_cover: float = 0.01, max_cover: float = 0.95) -> list[tuple[str, np.ndarray]]:
+    """(name, (H, W) bool) cloud masks of the series' partly cloudy frames (cover in [min, max])."""
+    if not series.has_fmask:
+        return []
+    _, nodata, cloud = series.read(0, len(series), 0, 0, series.height, series.width)
+    out = []
+    for t, f in enumerate(series.frames):
+        cover = cloud[t].sum() / max(1, (~nodata[t] | cloud[t]).sum())
+        if min_cover <= cover <= max_cover:
+            out.append((f"{f.granule_id} (own)", cloud[t]))
+    return out
 
 
-# --------------------------------------------------------------------------- chip sources
-class StoreChips:
-    """Chips of a geofm chip store: ``read(i)`` -> (T, C, H, W) int16, ``geo(i)`` -> (crs, transform)."""
+# --------------------------------------------------------------------------- chip stores as series
+class StoreSeries:
+    """One chip of a geofm chip store as a series (no cloud information): the :class:`Series` read API."""
 
-    def __init__(self, store: str | Path):
+    def __init__(self, store: str | Path, i: int, meta: dict | None = None):
         from geofm.data import store as chip_store
 
         self.url = str(store)
-        self.meta = chip_store.read_metadata(self.url)
-        self.attrs = chip_store.store_attrs(chip_store.as_location(self.url))
+        self.meta = meta if meta is not None else chip_store.read_metadata(self.url)
+        self.i = i
+        self.slot = int(self.meta["slot"][i])
+        self.name = f"slot{self.slot:07d}"
         self._reader = None
+        self._chip = None
+        self.has_fmask = False
+
+    def chip(self) -> np.ndarray:
+        """(T, C, H, W) int16."""
+        if self._chip is None:
+            from geofm.data import store as chip_store
+
+            if self._reader is None:
+                self._reader = chip_store.ShardReader(self.url)
+            self._chip = self._reader.read([self.slot])[0]
+        return self._chip
 
     def __len__(self) -> int:
-        return len(self.meta["slot"])
+        return int(self.chip().shape[0])
 
-    def read(self, i: int) -> np.ndarray:
-        from geofm.data import store as chip_store
+    @property
+    def height(self) -> int:
+        return int(self.chip().shape[2])
 
-        if self._reader is None:
-            self._reader = chip_store.ShardReader(self.url)
-        return self._reader.read([int(self.meta["slot"][i])])[0]
+    @property
+    def width(self) -> int:
+        return int(self.chip().shape[3])
 
-    def geo(self, i: int):
-        from affine import Affine
-
-        return self.meta["crs"][i], Affine(*self.meta["transform"][i])
-
-    def name(self, i: int) -> str:
-        return f"slot{int(self.meta['slot'][i]):07d}"
+    def read(self, t0: int, t1: int, row: int, col: int, h: int, w: int, datasets: dict | None = None):
+        chip = self.chip()[t0:t1]
+        n, c = chip.shape[:2]
+        raw = np.full((n, c, h, w), HLS_NODATA, np.int16)
+        r0, c0, r1, c1 = max(row, 0), max(col, 0), min(row + h, self.height), min(col + w, self.width)
+        if r1 > r0 and c1 > c0:
+            raw[:, :, r0 - row:r1 - row, c0 - col:c1 - col] = chip[:, :, r0:r1, c0:c1]
+        nodata = (raw == HLS_NODATA).any(1)
+        return raw, nodata, np.zeros_like(nodata)
 
     def __getstate__(self):
-        return dict(self.__dict__, _reader=None)
+        return dict(self.__dict__, _reader=None, _chip=None)
 
 
-class StackChips:
-    """GeoTIFF stacks of ``frames`` × ``bands_per_frame`` bands (time-major), int16 reflectance ×10000."""
+def store_series(store: str | Path) -> list[StoreSeries]:
+    from geofm.data import store as chip_store
 
-    def __init__(self, paths: Sequence[str | Path], frames: int = 3, bands_per_frame: int = 6,
-                 nodata: float = HLS_NODATA):
-        import rasterio
-
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
-            raise DataError("no GeoTIFF stacks given for the imputation chips")
-        self.frames, self.bands_per_frame, self.nodata = frames, bands_per_frame, nodata
-        self._geo = []
-        for p in self.paths:
-            with rasterio.open(p) as src:
-                if src.count != frames * bands_per_frame:
-                    raise DataError(f"expected {frames * bands_per_frame} bands ({frames} frames x {bands_per_frame}), "
-                                    f"got {src.count} in '{p}'")
-                self._geo.append((src.crs, src.transform))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def read(self, i: int) -> np.ndarray:
-        import rasterio
-
-        with rasterio.open(self.paths[i]) as src:
-            arr = src.read()
-        if arr.dtype.kind == "f":
-            arr = np.where(np.isfinite(arr), arr, self.nodata)
-        arr = arr.astype(np.int16)
-        return arr.reshape(self.frames, self.bands_per_frame, *arr.shape[1:])
-
-    def geo(self, i: int):
-        return self._geo[i]
-
-    def name(self, i: int) -> str:
-        return self.paths[i].stem
+    meta = chip_store.read_metadata(str(store))
+    return [StoreSeries(store, i, meta) for i in range(len(meta["slot"]))]
 
 
-# --------------------------------------------------------------------------- dataset
-class ImputationDataset(Dataset):
-    """Chips + Fmask-derived patch masks (see the module docstring).
+# --------------------------------------------------------------------------- samples
+class _SeriesSamples(Dataset):
+    """Shared reading and normalization of (series, first date, window) samples."""
 
-    ``gap_frames``: frames that receive gaps (None: all). ``fixed_masks``: draw each sample's
-    gaps from a generator seeded by (seed, index) (evaluation) instead of fresh ones per access.
-    ``crop_size`` crops chips (top-left when fixed, random otherwise) to a patch multiple.
-    """
-
-    def __init__(self, chips: StoreChips | StackChips, masks: CloudMaskBank, *, patch_size: Sequence[int],
-                 mean: Sequence[float], std: Sequence[float], indices: Sequence[int] | None = None,
-                 gap_frames: Sequence[int] | None = None, patch_threshold: float = 0.0, fixed_masks: bool = False,
-                 seed: int = 0, augment: bool = False, crop_size: int | None = None, min_hidden: float = 0.02):
-        self.chips, self.masks = chips, masks
-        self.patch_size = tuple(int(v) for v in patch_size)
+    def __init__(self, series: Sequence, *, frames: int, size: int, mean: Sequence[float], std: Sequence[float]):
+        self.series = list(series)
+        for s in self.series:
+            if len(s) < frames:
+                raise DataError(f"series '{s.name}' has {len(s)} date(s), the model takes {frames}")
+        self.frames, self.size = int(frames), int(size)
         self.mean = np.asarray(mean, np.float32)[:, None, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None, None]
-        self.indices = list(range(len(chips))) if indices is None else [int(i) for i in indices]
-        self.gap_frames = None if gap_frames is None else [int(f) for f in gap_frames]
-        self.patch_threshold, self.fixed_masks, self.seed = patch_threshold, fixed_masks, seed
-        self.augment, self.crop_size, self.min_hidden = augment, crop_size, min_hidden
+        self._datasets: dict = {}
 
-    def __len__(self) -> int:
-        return len(self.indices)
+    def __getstate__(self):
+        return dict(self.__dict__, _datasets={})
+
+    def _read(self, s, t0: int, row: int, col: int):
+        raw, nodata, cloud = s.read(t0, t0 + self.frames, row, col, self.size, self.size, self._datasets)
+        return raw, nodata | cloud  # (T, C, h, w), unusable (T, h, w)
+
+    def _sample(self, raw: np.ndarray, unusable: np.ndarray, gap: np.ndarray, index: int) -> dict:
+        x = raw.transpose(1, 0, 2, 3).astype(np.float32)  # (C, T, h, w)
+        x = (x - self.mean) / self.std
+        nodata = (raw == HLS_NODATA).any(axis=1)
+        x[:, nodata] = NORMALIZED_NODATA
+        valid = ~unusable
+        return {"image": torch.from_numpy(np.ascontiguousarray(x)), "valid": torch.from_numpy(valid.copy()),
+                "gap": torch.from_numpy(gap & valid), "index": index}
 
     def geo(self, index: int):
-        """(CRS, transform, name) of sample ``index`` (of its top-left crop)."""
-        i = self.indices[index]
-        crs, tf = self.chips.geo(i)
-        return crs, tf, self.chips.name(i)
+        """(CRS, transform, name) of sample ``index`` (CRS/transform None where the series has none)."""
+        s, _t0, row, col = self.locate(index)
+        crs = transform = None
+        frames = getattr(s, "frames", None)
+        if frames:
+            from geofm.data.hls import open_raster
 
-    def _rng(self, index: int) -> np.random.Generator:
-        if self.fixed_masks:
-            return np.random.default_rng([self.seed, index])
-        return np.random.default_rng(int(torch.randint(2**62, ())))
+            with open_raster(frames[0].sources[0][0]) as src:
+                if src.crs is not None:
+                    crs, transform = src.crs, src.transform * src.transform.translation(col, row)
+        elif hasattr(s, "meta"):
+            from affine import Affine
+
+            crs, transform = s.meta["crs"][s.i], Affine(*s.meta["transform"][s.i])
+        return crs, transform, f"{s.name}_{index:05d}"
+
+    def locate(self, index: int):
+        raise NotImplementedError
+
+
+class RandomGaps(_SeriesSamples):
+    """Training samples: ``samples_per_epoch`` random (dates, window, mask) draws per series and epoch."""
+
+    def __init__(self, series: Sequence, masks: CloudMaskBank, *, frames: int, size: int, mean: Sequence[float],
+                 std: Sequence[float], samples_per_epoch: int = 1, gap_frames: Sequence[int] | None = None,
+                 min_hidden: float = 0.02, augment: bool = True):
+        super().__init__(series, frames=frames, size=size, mean=mean, std=std)
+        if len(masks) == 0:
+            raise DataError("imputation training needs at least one cloud mask (data.fmask or own_masks)")
+        self.masks, self.samples_per_epoch = masks, int(samples_per_epoch)
+        self.gap_frames = list(range(frames)) if gap_frames is None else [int(f) for f in gap_frames]
+        self.min_hidden, self.augment = min_hidden, augment
+
+    def __len__(self) -> int:
+        return len(self.series) * self.samples_per_epoch
+
+    def locate(self, index: int):
+        return self.series[index % len(self.series)], 0, 0, 0
 
     def __getitem__(self, index: int) -> dict:
-        rng = self._rng(index)
-        chip = self.chips.read(self.indices[index])  # (T, C, H, W) int16
-        T, C, H, W = chip.shape
-        u, p, q = self.patch_size
-        size_h = min(self.crop_size or H, H) // p * p
-        size_w = min(self.crop_size or W, W) // q * q
-        if size_h == 0 or size_w == 0 or T % u:
-            raise DataError(f"chip {self.chips.name(self.indices[index])} of {T}x{H}x{W} does not fit patches "
-                            f"{self.patch_size}")
-        r = 0 if self.fixed_masks else int(rng.integers(H - size_h + 1))
-        c = 0 if self.fixed_masks else int(rng.integers(W - size_w + 1))
-        chip = chip[:, :, r:r + size_h, c:c + size_w]
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+        s = self.series[index % len(self.series)]
+        t0 = int(rng.integers(len(s) - self.frames + 1))
+        row = int(rng.integers(max(s.height - self.size, 0) + 1))
+        col = int(rng.integers(max(s.width - self.size, 0) + 1))
+        raw, unusable = self._read(s, t0, row, col)
         if self.augment:
-            k, flip = int(rng.integers(4)) if size_h == size_w else 0, bool(rng.integers(2))
-            chip = np.rot90(chip, k, axes=(2, 3))
-            chip = np.ascontiguousarray(chip[..., ::-1] if flip else chip)
-        x = chip.transpose(1, 0, 2, 3).astype(np.float32)  # (C, T, h, w)
-        nodata = (chip == HLS_NODATA).any(axis=1)  # (T, h, w)
-        x = (x - self.mean) / self.std
-        x[:, nodata] = NORMALIZED_NODATA
-        frames = range(T) if self.gap_frames is None else self.gap_frames
-        for _ in range(10):  # a draw that hides too little (clear sky) is drawn again
-            gap = np.zeros((T, size_h, size_w), bool)
-            for f in frames:
-                gap[f] = self.masks.draw(size_h, size_w, rng)
-            pm = patch_mask_from_gaps(gap, self.patch_size, self.patch_threshold)
-            if pm.mean() >= self.min_hidden:
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            raw, unusable = np.rot90(raw, k, axes=(2, 3)), np.rot90(unusable, k, axes=(1, 2))
+            if flip:
+                raw, unusable = raw[..., ::-1], unusable[..., ::-1]
+            raw, unusable = np.ascontiguousarray(raw), np.ascontiguousarray(unusable)
+        gap = np.zeros_like(unusable)
+        f = self.gap_frames[int(rng.integers(len(self.gap_frames)))]
+        usable = (~unusable[f]).sum()
+        for _ in range(10):  # a draw that hides too little of the usable pixels is drawn again
+            gap[f] = self.masks.draw(self.size, self.size, rng) & ~unusable[f]
+            if usable == 0 or gap[f].sum() >= self.min_hidden * usable:
                 break
-        return {"image": torch.from_numpy(x), "valid": torch.from_numpy(~nodata),
-                "gap": torch.from_numpy(gaps_of(pm, self.patch_size, (T, size_h, size_w))),
-                "patch_mask": torch.from_numpy(pm), "index": index}
+        return self._sample(raw, unusable, gap, index)
+
+
+def fixed_protocol(series: Sequence, masks: CloudMaskBank, *, frames: int, size: int,
+                   target_frames: Sequence[int] | None = None, stride: int | None = None) -> list[tuple]:
+    """The evaluation items ``(series, first date, target frame, mask, row, col)``, in order.
+
+    For each series, each window of ``frames`` consecutive dates (every ``stride`` dates, default
+    ``frames``; the last window always ends at the last date), each target frame of
+    ``target_frames`` (default: the middle one), each mask of ``masks`` (fitted to the series by
+    :meth:`CloudMaskBank.placed`: the window of the mask with a cloudy fraction closest to 25 %, or
+    the mask tiled where smaller than the series) and each ``size`` px tile of the series (a regular grid from the
+    top-left corner, edge tiles padded with nodata): one sample. No augmentation; every hidden
+    pixel with data that is clear in the series is scored.
+    """
+    targets = [frames // 2] if target_frames is None else [int(f) for f in target_frames]
+    items = []
+    for si, s in enumerate(series):
+        step = stride or frames
+        starts = list(range(0, len(s) - frames + 1, step))
+        if starts[-1] != len(s) - frames:
+            starts.append(len(s) - frames)
+        for t0 in starts:
+            for f in targets:
+                for k in range(len(masks)):
+                    for row in range(0, s.height, size):
+                        for col in range(0, s.width, size):
+                            items.append((si, t0, f, k, row, col))
+    return items
+
+
+class FixedGaps(_SeriesSamples):
+    """Evaluation samples of :func:`fixed_protocol` (deterministic: same gaps for every method and run)."""
+
+    def __init__(self, series: Sequence, masks: CloudMaskBank, *, frames: int, size: int, mean: Sequence[float],
+                 std: Sequence[float], target_frames: Sequence[int] | None = None, stride: int | None = None,
+                 max_items: int | None = None):
+        super().__init__(series, frames=frames, size=size, mean=mean, std=std)
+        if len(masks) == 0:
+            raise DataError("the imputation evaluation needs at least one cloud mask (data.test_masks / fmask)")
+        self.masks = masks
+        self._placed: dict = {}
+        self.items = fixed_protocol(self.series, masks, frames=frames, size=size, target_frames=target_frames,
+                                    stride=stride)
+        if max_items is not None and len(self.items) > max_items:  # evenly spaced, deterministic
+            self.items = [self.items[i] for i in np.linspace(0, len(self.items) - 1, max_items).round().astype(int)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def locate(self, index: int):
+        si, t0, _f, _k, row, col = self.items[index]
+        return self.series[si], t0, row, col
+
+    def __getitem__(self, index: int) -> dict:
+        si, t0, f, k, row, col = self.items[index]
+        s = self.series[si]
+        raw, unusable = self._read(s, t0, row, col)
+        key = (si, k)
+        if key not in self._placed:
+            self._placed[key] = np.pad(self.masks.placed(k, s.height, s.width),
+                                       ((0, -s.height % self.size), (0, -s.width % self.size)))
+        gap = np.zeros_like(unusable)
+        gap[f] = self._placed[key][row:row + self.size, col:col + self.size]
+        return self._sample(raw, unusable, gap, index)
 
 
 # --------------------------------------------------------------------------- data module
@@ -283,42 +371,61 @@ def generate_series(work_dir: str | Path, *, size: int = 128, chip_size: int = 3
     return out, sorted(granules.glob("*.Fmask.tif"))
 
 
-class ImputationDataModule(SplitsDataModule):
-    """Cloud-gap imputation splits (seeded by chip) over a store or GeoTIFF stacks, gaps from Fmask files."""
+def mask_bank(fmask: Sequence[str | Path], own_of: Sequence = ()) -> CloudMaskBank:
+    """Masks of the Fmask files (globs allowed) plus the partly cloudy frames of ``own_of`` series."""
+    bank = CloudMaskBank(expand_paths(fmask) if fmask else ())
+    for s in own_of:
+        if isinstance(s, Series):
+            for name, m in own_cloud_masks(s):
+                bank.add(m, name)
+    return bank
 
-    def __init__(self, *, store: str | Path | None = None, stacks: Sequence[str] = (), stack_frames: int = 3,
-                 fmask: Sequence[str] = (), patch_size: Sequence[int] = (1, 16, 16), crop_size: int | None = None,
-                 gap_frames: Sequence[int] | None = None, patch_threshold: float = 0.0, min_hidden: float = 0.02,
-                 batch_size: int = 4, eval_batch_size: int | None = None, num_workers: int = 0,
-                 label_fraction: float = 1.0, seed: int = 0, label_seed: int | None = None, val_fraction: float = 0.15,
-                 test_fraction: float = 0.15, augment: bool = True, mean: Sequence[float] | None = None,
+
+class ImputationDataModule(SplitsDataModule):
+    """Imputation training on ``series`` (+ the chips of ``store``), validation and test on the fixed protocol.
+
+    ``series`` / ``store`` train (``samples_per_epoch`` random samples per series); gaps from
+    ``fmask`` files and (``own_masks``) the series' own partly cloudy frames. ``val_series`` and
+    ``test_series`` (default: the training series) are scored on :func:`fixed_protocol` with
+    ``test_masks`` (default: the training masks) on ``test_frames`` (default: the middle date);
+    validation keeps ``val_samples`` evenly spaced samples of its protocol.
+    """
+
+    def __init__(self, *, series: Sequence[Series | StoreSeries] = (), fmask: Sequence[str] = (),
+                 frames: int = 3, crop_size: int = 32, samples_per_epoch: int = 8,
+                 gap_frames: Sequence[int] | None = None, min_hidden: float = 0.02, own_masks: bool = True,
+                 val_series: Sequence | None = None, test_series: Sequence | None = None,
+                 test_masks: Sequence[str] | None = None, test_frames: Sequence[int] | None = None,
+                 test_stride: int | None = None, val_samples: int | None = None, batch_size: int = 4,
+                 eval_batch_size: int | None = None,
+                 num_workers: int = 0, augment: bool = True, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, norm_stats_name: str = "v1"):
-        if (store is None) == (not stacks):
-            raise DataError("imputation data needs exactly one chip source: a store or GeoTIFF stacks")
-        chips = StoreChips(store) if store is not None else StackChips(expand_paths(stacks), stack_frames)
-        masks = CloudMaskBank(expand_paths(fmask))
-        log.info("imputation: %d chips, %d Fmask layers (cloudy fractions %s)", len(chips), len(masks.masks),
-                 [round(c, 3) for c in masks.cover()])
+        if not series:
+            raise DataError("imputation data needs at least one series (data.series, data.stacks or data.store)")
         if mean is None or std is None:
             mean, std = norm_stats(norm_stats_name)
-        n = len(chips)
-        if n >= 3:
-            tr, va, te = seeded_split(n, val_fraction, test_fraction, seed)
-        else:
-            tr = va = te = np.arange(n)  # too few chips to split: evaluate on fresh fixed gaps of the same chips
-            log.warning("only %d chip(s): train, val and test share them (different gaps)", n)
-        tr = tr[subsample(len(tr), label_fraction, seed if label_seed is None else label_seed)]
-        common = dict(patch_size=patch_size, mean=mean, std=std, gap_frames=gap_frames, min_hidden=min_hidden,
-                      patch_threshold=patch_threshold, crop_size=crop_size)
-        train = ImputationDataset(chips, masks, indices=tr, seed=seed, augment=augment, **common)
-        val = ImputationDataset(chips, masks, indices=va, seed=seed + 1, fixed_masks=True, **common)
-        test = ImputationDataset(chips, masks, indices=te if len(te) else va, seed=seed + 2, fixed_masks=True,
-                                 **common)
+        train_masks = mask_bank(fmask, series if own_masks else ())
+        val_series = list(val_series) if val_series else list(series)
+        test_series = list(test_series) if test_series else val_series
+        eval_masks = mask_bank(test_masks, test_series if own_masks else ()) if test_masks is not None else \
+            train_masks
+        val_masks = train_masks if val_series is series else mask_bank(fmask, val_series if own_masks else ())
+        log.info("imputation: %d training series, %d Fmask layers (cloudy fractions %s); test: %d series x %d masks",
+                 len(series), len(train_masks), [round(c, 3) for c in train_masks.cover()], len(test_series),
+                 len(eval_masks))
+        common = dict(frames=frames, size=crop_size, mean=mean, std=std)
+        train = RandomGaps(series, train_masks, samples_per_epoch=samples_per_epoch, gap_frames=gap_frames,
+                           min_hidden=min_hidden, augment=augment, **common)
+        val = FixedGaps(val_series, val_masks if len(val_masks) else train_masks, target_frames=test_frames,
+                        stride=test_stride, max_items=val_samples, **common)
+        test = FixedGaps(test_series, eval_masks if len(eval_masks) else train_masks, target_frames=test_frames,
+                         stride=test_stride, **common)
         super().__init__(train, val, test, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          num_workers=num_workers,
                          description={"dataset": "imputation", "mean": list(mean), "std": list(std),
-                                      "bands": list(MODEL_BANDS), "fmask": masks.names})
+                                      "bands": list(MODEL_BANDS), "fmask": train_masks.names,
+                                      "test_series": [s.name for s in test_series], "test_masks": eval_masks.names})
 
 
-__all__ = ["CloudMaskBank", "ImputationDataModule", "ImputationDataset", "StackChips", "StoreChips", "expand_paths",
-           "gaps_of", "generate_series", "patch_mask_from_gaps"]
+__all__ = ["CloudMaskBank", "FixedGaps", "ImputationDataModule", "RandomGaps", "StoreSeries", "expand_paths",
+           "fixed_protocol", "generate_series", "load_series", "mask_bank", "own_cloud_masks", "store_series"]

@@ -1,0 +1,1 @@
+"""Remote services: NASA CMR-STAC search, Earthdata Login, downloads. All network code of geofm is here."""

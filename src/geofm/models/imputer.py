@@ -1,0 +1,193 @@
+"""Cloud-gap imputer: the Prithvi MAE, either as the paper's pure reconstruction or as a learned
+correction on top of a temporal baseline.
+
+>>> imputer = Imputer(create_model("prithvi_tiny"), residual="linear")
+>>> filled = imputer(x, hidden)  # x (B, C, T, H, W) normalized, hidden (B, T, H, W) bool  # doctest: +SKIP
+
+``residual="linear"`` (the default of the imputation task). Each hidden pixel starts from its
+**temporal baseline**: linear interpolation (in frame index) between the nearest earlier and
+later frames where the same pixel is clear, or the nearest clear frame at the ends of the series
+(:func:`temporal_baseline`). The encoder sees every token: hidden pixels hold their baseline,
+and a context embedding adds, per patch, the baseline of *every* pixel (at clear pixels it is
+the leave-this-frame-out interpolation), how far the baseline misses around each pixel where
+the truth is known (:func:`local_residual`, the clear pixels of the same date, two window
+sizes), the gap mask and the distances (in frames) to the clear observations before and after.
+The correction of a hidden pixel is the MAE decoder's per-pixel prediction plus a learned
+per-band gain times each local residual; the decoder's last layer and the gains start at zero,
+so an untrained imputer returns exactly the baseline.
+
+``residual="none"``: the paper's task. Patches whose hidden fraction exceeds
+``patch_threshold`` are masked from the encoder, hidden pixels of visible patches are set to the
+nodata marker, and the decoder's prediction fills the hidden pixels.
+
+Both modes fill at pixel level: clear pixels keep their input values, hidden pixels take the
+model's value (the same in training, evaluation and scene prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from geofm.bands import NORMALIZED_NODATA
+from geofm.models.mae import PrithviMAE
+from geofm.models.vit import PatchEmbed3D
+
+RESIDUAL_MODES = ("linear", "none")
+
+
+# --------------------------------------------------------------------------- temporal baselines
+def temporal_baseline(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel temporal baseline of every frame from the *other* frames' clear pixels.
+
+    x (B, C, T, H, W); hidden (B, T, H, W) bool (pixels that may not be used: gaps, clouds,
+    nodata). Returns ``base`` (B, C, T, H, W): for each frame t and pixel, linear interpolation
+    between the closest clear frames before and after t (``linear=False``: the nearest one, ties
+    to the earlier), the one clear frame on one side at the ends, or the per-band mean of the
+    sample's clear pixels where no other frame is clear; and ``dist`` (B, 2, T, H, W): frames to
+    the clear observation before / after (T + 1 where there is none).
+    """
+    b, c, T, h, w = x.shape
+    vis = ~hidden
+    t_idx = torch.arange(T, device=x.device).view(1, T, 1, 1).expand_as(vis)
+    big = T * 10
+    vis_f = vis.unsqueeze(1).to(x.dtype)
+    fallback = ((x * vis_f).sum((2, 3, 4)) / vis_f.sum((2, 3, 4)).clamp_min(1))[:, :, None, None]  # (B, C, 1, 1)
+    base = torch.empty_like(x)
+    dist = torch.empty(b, 2, T, h, w, dtype=x.dtype, device=x.device)
+    for t in range(T):
+        before = torch.where(vis & (t_idx < t), t_idx, torch.full_like(t_idx, -big)).amax(1)  # (B, H, W)
+        after = torch.where(vis & (t_idx > t), t_idx, torch.full_like(t_idx, big)).amin(1)
+        has_b, has_a = before >= 0, after < T
+        xb = torch.gather(x, 2, before.clamp(0, T - 1)[:, None, None].expand(b, c, 1, h, w)).squeeze(2)
+        xa = torch.gather(x, 2, after.clamp(0, T - 1)[:, None, None].expand(b, c, 1, h, w)).squeeze(2)
+        if linear:
+            wgt = ((t - before) / (after - before).clamp_min(1)).to(x.dtype)[:, None]
+            both = xb + (xa - xb) * wgt
+        else:
+            both = torch.where(((t - before) <= (after - t))[:, None], xb, xa)
+        base[:, :, t] = torch.where((has_b & has_a)[:, None], both,
+                                    torch.where(has_b[:, None], xb, torch.where(has_a[:, None], xa, fallback)))
+        dist[:, 0, t] = torch.where(has_b, t - before, T + 1).to(x.dtype)
+        dist[:, 1, t] = torch.where(has_a, after - t, T + 1).to(x.dtype)
+    return base, dist
+
+
+def local_residual(x: torch.Tensor, base: torch.Tensor, hidden: torch.Tensor, size: int) -> torch.Tensor:
+    """How far the baseline misses around each pixel: the mean of ``x - base`` over the clear pixels
+    of the same frame in a ``size`` × ``size`` window (0 where the window has none). (B, C, T, H, W)."""
+    import torch.nn.functional as F
+
+    usable = (~hidden).unsqueeze(1).to(x.dtype)  # (B, 1, T, H, W)
+    k, pad = (1, size, size), (0, size // 2, size // 2)
+    num = F.avg_pool3d((x - base) * usable, k, stride=1, padding=pad)
+    den = F.avg_pool3d(usable, k, stride=1, padding=pad)
+    return torch.where(den > 0, num / den.clamp_min(1e-6), torch.zeros_like(num))
+
+
+def fill_hidden(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True) -> torch.Tensor:
+    """x (B, C, T, H, W) with hidden pixels (B, T, H, W) replaced by :func:`temporal_baseline`."""
+    base, _ = temporal_baseline(x, hidden, linear)
+    return torch.where(hidden.unsqueeze(1), base, x)
+
+
+def hidden_patches(hidden: torch.Tensor, patch_size: Sequence[int], threshold: float = 0.0) -> torch.Tensor:
+    """(B, T, H, W) bool hidden pixels -> (B, L) float patch mask, 1 where the hidden fraction > ``threshold``
+    (``(t h w)`` token order). A sample whose every patch would be hidden keeps its least hidden one."""
+    u, p, q = patch_size
+    b, T, H, W = hidden.shape
+    frac = hidden.reshape(b, T // u, u, H // p, p, W // q, q).float().mean((2, 4, 6)).flatten(1)  # (B, L)
+    mask = frac > threshold
+    full = mask.all(1)
+    if full.any():
+        least = frac.argmin(1)
+        mask[full, least[full]] = False
+    return mask.float()
+
+
+# --------------------------------------------------------------------------- the imputer
+class Imputer(nn.Module):
+    """Gap filler around a :class:`PrithviMAE` (see the module docstring).
+
+    ``forward(x, hidden)`` -> (B, C, T, H, W) normalized reflectance, equal to ``x`` where
+    ``hidden`` is False. ``residual`` is "linear" or "none"; ``patch_threshold`` applies to
+    "none" only.
+    """
+
+    #: window sizes (px) of the local residuals
+    RESIDUAL_WINDOWS = (5, 17)
+    #: the gains are ``GAIN_SCALE * residual_gain``: steps of the size of the network's make them move
+    GAIN_SCALE = 20.0
+
+    def __init__(self, mae: PrithviMAE, residual: str = "linear", patch_threshold: float = 0.0):
+        super().__init__()
+        if residual not in RESIDUAL_MODES:
+            raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+        self.mae = mae
+        self.residual = residual
+        self.patch_threshold = float(patch_threshold)
+        cfg = mae.config
+        if residual == "linear":
+            # context per pixel: baseline (C), local residuals (C each), gap mask (1), distance before / after (2)
+            n_res = len(self.RESIDUAL_WINDOWS)
+            self.context_embed = PatchEmbed3D(cfg.in_chans * (1 + n_res) + 3, cfg.embed_dim, cfg.patch_size)
+            self.residual_gain = nn.Parameter(torch.zeros(n_res * cfg.in_chans))  # x GAIN_SCALE
+            nn.init.normal_(self.context_embed.proj.weight, std=0.02)
+            nn.init.zeros_(self.context_embed.proj.bias)
+            nn.init.zeros_(mae.decoder.decoder_pred.weight)  # the correction head: untrained = baseline
+            nn.init.zeros_(mae.decoder.decoder_pred.bias)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.mae.encoder
+
+    @property
+    def config(self):
+        return self.mae.config
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return self.mae.patch_size
+
+    @property
+    def imputer_config(self) -> dict:
+        return {"residual": self.residual, "patch_threshold": self.patch_threshold}
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor, temporal_coords: torch.Tensor | None = None,
+                location_coords: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = hidden.bool()
+        if self.residual == "none":
+            return self._reconstruct(x, hidden, temporal_coords, location_coords)
+        base, dist = temporal_baseline(x, hidden)
+        hid = hidden.unsqueeze(1)  # (B, 1, T, H, W)
+        inp = torch.where(hid, base, x)
+        t = x.shape[2]
+        local = [local_residual(x, base, hidden, k) for k in self.RESIDUAL_WINDOWS]  # each (B, C, T, H, W)
+        context = torch.cat([base, *local, hid.to(x.dtype), dist / t], dim=1)  # (B, C(1+n)+3, T, H, W)
+        enc = self.mae.encoder
+        grid = enc.grid_of(x)
+        tokens, pos = enc.embed(inp, temporal_coords, location_coords)  # (B, L, D)
+        h = enc.with_cls(tokens + self.context_embed(context), pos)  # (B, 1+L, D)
+        for blk in enc.blocks:
+            h = blk(h)
+        n = tokens.shape[1]
+        ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
+        pred = self.mae.decoder(enc.norm(h), ids, grid, temporal_coords, location_coords)  # (B, L, u*p*q*C)
+        correction = self.mae.unpatchify(pred, x.shape).to(x.dtype)
+        gains = self.GAIN_SCALE * self.residual_gain.view(len(local), -1)
+        for gain, r in zip(gains, local):
+            correction = correction + gain.view(1, -1, 1, 1, 1) * r
+        return torch.where(hid, base + correction, x)
+
+    def _reconstruct(self, x, hidden, temporal_coords, location_coords) -> torch.Tensor:
+        mask = hidden_patches(hidden, self.patch_size, self.patch_threshold)
+        hid = hidden.unsqueeze(1)
+        inp = torch.where(hid, torch.full_like(x, NORMALIZED_NODATA), x)
+        _, pred, _ = self.mae(inp, temporal_coords=temporal_coords, location_coords=location_coords, mask=mask)
+        return torch.where(hid, self.mae.unpatchify(pred, x.shape).to(x.dtype), x)
+
+
+__all__ = ["Imputer", "RESIDUAL_MODES", "fill_hidden", "hidden_patches", "local_residual", "temporal_baseline"]

@@ -1,0 +1,227 @@
+"""``geofm evaluate-imputation``: the fixed-mask protocol on any series, for a model export or for predictions.
+
+>>> scores = evaluate_checkpoint("runs/imp/export", series, masks)  # doctest: +SKIP
+>>> scores["mae"], scores["mae_linear"], scores["ssim_nearest_RED"]  # doctest: +SKIP
+
+The protocol (:func:`geofm.data.datasets.imputation.fixed_protocol`) hides, on listed dates of
+each window of T consecutive dates, the pixels of listed real cloud masks; every hidden pixel
+with data that is clear in the series is scored. The model and the two baselines (``nearest``
+clear date, temporal ``linear`` interpolation) fill the same pixels from the same inputs (gaps,
+the series' own clouds and nodata hidden); MAE, RMSE, PSNR and SSIM are computed on the filled
+image in reflectance (0..1), overall and per band, with the pixel count. ``geofm finetune
+--stage test`` runs the same protocol on ``data.test_series``.
+
+Predictions made elsewhere (``geofm predict`` or any gap filler) are scored the same way:
+``--write-cloudy DIR`` writes the protocol's first sample as one GeoTIFF per date with a sidecar
+``.Fmask.tif`` that flags the hidden pixels as cloud; fill them with any tool into one T×6-band
+GeoTIFF (time-major, reflectance ×10000, as ``geofm predict`` writes) and pass it to
+``--predictions``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geofm.bands import MODEL_BANDS, REFLECTANCE_SCALE
+from geofm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _reflectance(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1, 1)
+    return (x * s + m) / REFLECTANCE_SCALE
+
+
+@torch.no_grad()
+def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, target_frames: Sequence[int] | None = None,
+                        stride: int | None = None, tile: int | None = None, batch_size: int = 8,
+                        progress=None) -> dict[str, float]:
+    """Scores of a fine-tuned imputation export and of the baselines on the fixed protocol (see the module doc)."""
+    from torch.utils.data import DataLoader
+
+    from geofm.data.datasets.imputation import FixedGaps
+    from geofm.models.segmentation import load_finetuned
+    from geofm.tasks.imputation import score_batch
+    from geofm.tasks.metrics import ScoreSums, nearest_clear_frame, temporal_linear
+
+    model, info = load_finetuned(checkpoint)
+    if info.task != "imputation":
+        raise DataError(f"'{checkpoint}' is a {info.task} model, not an imputation one")
+    ds = FixedGaps(series, masks, frames=info.num_frames, size=tile or info.img_size, mean=info.mean, std=info.std,
+                   target_frames=target_frames, stride=stride)
+    sums = ScoreSums(MODEL_BANDS)
+    done = 0
+    for batch in DataLoader(ds, batch_size=batch_size):
+        x, valid, gap = batch["image"], batch["valid"], batch["gap"]
+        unusable = gap | ~valid
+        filled = {"model": model(x, unusable), "nearest": nearest_clear_frame(x, unusable),
+                  "linear": temporal_linear(x, unusable)}
+        score_batch(sums, {k: _reflectance(v, info.mean, info.std) for k, v in filled.items()},
+                    _reflectance(x, info.mean, info.std), gap & valid)
+        done += len(x)
+        if progress is not None:
+            progress(done, len(ds))
+    return sums.result()
+
+
+def first_sample(series, masks, frames: int, target_frames=None):
+    """(raw (T, C, H, W) int16, unusable (T, H, W), gap (T, H, W), first date) of the protocol's first sample
+    of ``series``, over the whole series extent."""
+    from geofm.data.datasets.imputation import fixed_protocol
+
+    _si, t0, f, k, _r, _c = fixed_protocol([series], masks, frames=frames, size=max(series.height, series.width),
+                                           target_frames=target_frames)[0]
+    raw, nodata, cloud = series.read(t0, t0 + frames, 0, 0, series.height, series.width)
+    gap = np.zeros_like(nodata)
+    gap[f] = masks.placed(k, series.height, series.width) & ~(nodata[f] | cloud[f])
+    return raw, nodata | cloud, gap, t0
+
+
+def write_cloudy(series, masks, out_dir: str | Path, frames: int = 3, target_frames=None) -> list[Path]:
+    """The protocol's first sample as one 6-band GeoTIFF per date + sidecar ``.Fmask.tif`` (gaps and the
+    series' own clouds flagged as cloud, nodata as fill), on the series' grid."""
+    import rasterio
+
+    from geofm.data.hls import FMASK_BITS, FMASK_FILL
+    from geofm.io import atomic_path
+
+    raw, unusable, gap, t0 = first_sample(series, masks, frames, target_frames)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    first = series.frames[0].sources[0][0]
+    with rasterio.open(first) as src:
+        profile = dict(driver="GTiff", width=series.width, height=series.height, count=raw.shape[1], dtype="int16",
+                       crs=src.crs, transform=src.transform, nodata=-9999, compress="deflate")
+    paths = []
+    for t in range(frames):
+        f = series.frames[t0 + t]
+        stem = f"{t:02d}_{f.date_str or 'date'}"
+        fmask = np.where(unusable[t] | gap[t], np.uint8(1 << FMASK_BITS["cloud"]), np.uint8(0))
+        fmask[(raw[t] == -9999).any(0)] = FMASK_FILL
+        for name, arr, prof in ((f"{stem}.tif", raw[t], profile),
+                                (f"{stem}.Fmask.tif", fmask[None], dict(profile, count=1, dtype="uint8",
+                                                                          nodata=FMASK_FILL))):
+            with atomic_path(out / name) as tmp, rasterio.open(tmp, "w", **prof) as dst:
+                dst.write(arr)
+        paths.append(out / f"{stem}.tif")
+    return paths
+
+
+def evaluate_predictions(prediction: str | Path, series, masks, *, frames: int = 3, target_frames=None
+                         ) -> dict[str, float]:
+    """Scores of a T×6-band prediction GeoTIFF of the protocol's first sample (see :func:`write_cloudy`)
+    and of the baselines on the same pixels."""
+    import rasterio
+
+    from geofm.tasks.metrics import ScoreSums, masked_image_scores, nearest_clear_frame, temporal_linear
+
+    raw, unusable, gap, _ = first_sample(series, masks, frames, target_frames)
+    T, C, H, W = raw.shape
+    with rasterio.open(prediction) as src:
+        if (src.count, src.height, src.width) != (T * C, H, W):
+            raise DataError(f"expected {T * C} bands of {W}x{H} px (time-major T x 6) in '{prediction}', "
+                            f"got {src.count} bands of {src.width}x{src.height}")
+        pred = src.read().reshape(T, C, H, W)
+    to = lambda a: torch.from_numpy(a.astype(np.float32)).permute(1, 0, 2, 3)[None] / REFLECTANCE_SCALE  # noqa: E731
+    x, hid = to(raw), torch.from_numpy(unusable | gap)[None]
+    score = torch.from_numpy(gap)[None]
+    sums = ScoreSums(MODEL_BANDS)
+    for method, image in (("model", to(pred)), ("nearest", nearest_clear_frame(x, hid)),
+                          ("linear", temporal_linear(x, hid))):
+        sums.add(method, masked_image_scores(image, x, score))
+    return sums.result()
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="fine-tuned imputation export to evaluate")
+    what.add_argument("--predictions", help="a T x 6-band prediction GeoTIFF of the protocol's first sample")
+    what.add_argument("--write-cloudy", metavar="DIR", help="write the protocol's first sample as per-date "
+                      "GeoTIFFs + sidecar Fmask (the input of geofm predict), then stop")
+    p.add_argument("--series", nargs="+", required=True, action="append",
+                   help="one series: per-date GeoTIFFs / HLS granules / a folder (repeat --series for more)")
+    p.add_argument("--masks", nargs="+", required=True, help="real cloud masks: 1-band HLS Fmask GeoTIFFs (globs ok)")
+    p.add_argument("--own-masks", action="store_true", help="also the series' own partly cloudy dates' masks")
+    p.add_argument("--stacked-bands", default="1,2,3,4,5,6", help="1-based model bands of stacked GeoTIFFs")
+    p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band (else sidecar X.Fmask.tif)")
+    p.add_argument("--fmask-kind", choices=("hls", "cfmask"), default="hls", help="Fmask bits (HLS) or CFmask classes")
+    p.add_argument("--stack-frames", type=int, default=1, help="T of each file when a file is a T x 6 stack")
+    p.add_argument("--frames", type=int, default=3, help="dates per sample (--predictions / --write-cloudy)")
+    p.add_argument("--target-frames", help="comma-separated dates of each window that get the masks (default: middle)")
+    p.add_argument("--stride", type=int, help="dates between windows (default: T)")
+    p.add_argument("--tile", type=int, help="tile size in px (default: the model's training size)")
+    p.add_argument("--out", help="write the scores as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from geofm.data.datasets.imputation import mask_bank
+    from geofm.data.series import load_series
+
+    bands = tuple(int(b) for b in args.stacked_bands.split(","))
+    series = []
+    for entry in args.series:
+        series += load_series([",".join(entry)], stacked_bands=bands, stacked_fmask_band=args.stacked_fmask_band,
+                              fmask_kind=args.fmask_kind, stack_frames=args.stack_frames)
+    masks = mask_bank(args.masks, series if args.own_masks else ())
+    targets = [int(v) for v in args.target_frames.split(",")] if args.target_frames else None
+    if args.write_cloudy:
+        paths = write_cloudy(series[0], masks, args.write_cloudy, args.frames, targets)
+        print(f"wrote {len(paths)} dates (+ .Fmask.tif) to {args.write_cloudy}")
+        return 0
+    if args.predictions:
+        scores = evaluate_predictions(args.predictions, series[0], masks, frames=args.frames, target_frames=targets)
+    else:
+        bar = tqdm(unit="sample", desc="evaluate")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        scores = evaluate_checkpoint(args.checkpoint, series, masks, target_frames=targets, stride=args.stride,
+                                     tile=args.tile, progress=progress)
+        bar.close()
+    print(format_table(scores))
+    if args.out:
+        from geofm.io import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(scores, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def format_table(scores: dict[str, float], bands: Sequence[str] = MODEL_BANDS) -> str:
+    """Markdown table: method x (MAE, RMSE, PSNR, SSIM, pixels), then MAE / SSIM per band."""
+    rows = ["| method | MAE | RMSE | PSNR (dB) | SSIM | pixels |", "|---|---|---|---|---|---|"]
+    for m in ("model", "linear", "nearest"):
+        sfx = "" if m == "model" else f"_{m}"
+        if f"mae{sfx}" in scores:
+            rows.append(f"| {m} | {scores[f'mae{sfx}']:.4f} | {scores[f'rmse{sfx}']:.4f} | "
+                        f"{scores[f'psnr{sfx}']:.2f} | {scores[f'ssim{sfx}']:.4f} | {int(scores['pixels'])} |")
+    rows += ["", "| band | " + " | ".join(f"MAE {m}" for m in ("model", "linear", "nearest")) + " | "
+             + " | ".join(f"SSIM {m}" for m in ("model", "linear", "nearest")) + " |", "|---" * 7 + "|"]
+    for b in bands:
+        if f"mae_{b}" not in scores:
+            continue
+        vals = [scores.get(f"mae{'' if m == 'model' else '_' + m}_{b}", float("nan")) for m in
+                ("model", "linear", "nearest")]
+        vals += [scores.get(f"ssim{'' if m == 'model' else '_' + m}_{b}", float("nan")) for m in
+                 ("model", "linear", "nearest")]
+        rows.append(f"| {b} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    return "\n".join(rows)
+
+
+__all__ = ["evaluate_checkpoint", "evaluate_predictions", "format_table", "write_cloudy"]

@@ -1,0 +1,88 @@
+"""The cloud-gap imputer: temporal baseline, zero-initialised correction, pixel-level fill, export round trip."""
+
+import pytest
+import torch
+
+from geofm.bands import MODEL_BANDS
+from geofm.models import create_model, load_finetuned, save_finetuned
+from geofm.models.imputer import Imputer, hidden_patches, temporal_baseline
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny(**kw):
+    return create_model("prithvi_tiny", img_size=32, **kw)
+
+
+def test_temporal_baseline_interpolates_between_nearest_clear_dates():
+    x = torch.tensor([0.0, 10.0, 20.0, 30.0, 40.0]).view(1, 1, 5, 1, 1)
+    hidden = torch.tensor([False, True, True, False, True]).view(1, 5, 1, 1)
+    base, dist = temporal_baseline(x, hidden)
+    # frame 1, 2: between clear frames 0 and 3; frame 4: only frame 3 before (nearest at the end);
+    # frame 0 and 3 (clear): the leave-this-frame-out value from the other clear frames
+    assert base.flatten().tolist() == pytest.approx([30.0, 10.0, 20.0, 0.0, 30.0])
+    assert dist[0, 0, :, 0, 0].tolist() == [6, 1, 2, 3, 1]  # frames since the last clear one (T+1: none)
+    assert dist[0, 1, :, 0, 0].tolist() == [3, 2, 1, 6, 6]
+    nearest, _ = temporal_baseline(x, hidden, linear=False)
+    assert nearest.flatten().tolist() == [30.0, 0.0, 30.0, 0.0, 30.0]
+
+
+def test_untrained_residual_imputer_equals_the_linear_baseline_and_keeps_clear_pixels():
+    torch.manual_seed(0)
+    imputer = Imputer(tiny(), residual="linear").eval()
+    x = torch.randn(2, 6, 3, 32, 32)
+    hidden = torch.zeros(2, 3, 32, 32, dtype=torch.bool)
+    hidden[:, 1, 4:20, 6:13] = True  # pixel-level gaps, not patch-aligned
+    hidden[1, 2, 30:, :] = True
+    with torch.no_grad():
+        out = imputer(x, hidden)
+    base, _ = temporal_baseline(x, hidden)
+    h = hidden.unsqueeze(1).expand_as(x)
+    assert torch.equal(out[~h], x[~h])  # clear pixels of a hidden patch are kept
+    torch.testing.assert_close(out[h], base[h])  # zero-initialised correction head
+    # after one optimizer step the correction is no longer zero, and only hidden pixels move
+    opt = torch.optim.SGD(imputer.parameters(), lr=0.1)
+    imputer.train()
+    loss = ((imputer(x, hidden) - (x + 1.0)) ** 2)[h].mean()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        out2 = imputer.eval()(x, hidden)
+    assert torch.equal(out2[~h], x[~h]) and not torch.allclose(out2[h], base[h])
+
+
+def test_pure_reconstruction_masks_patches_over_the_threshold_and_fills_pixels():
+    hidden = torch.zeros(1, 3, 16, 16, dtype=torch.bool)
+    hidden[0, 0, :8, :8] = True  # a whole patch
+    hidden[0, 1, 0, 15] = True  # one pixel of patch (1, 0, 1)
+    assert hidden_patches(hidden, (1, 8, 8)).flatten().tolist() == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert hidden_patches(hidden, (1, 8, 8), 0.5).sum() == 1
+    assert hidden_patches(torch.ones(1, 1, 16, 16, dtype=torch.bool), (1, 8, 8)).sum() == 3  # one stays visible
+    torch.manual_seed(0)
+    imputer = Imputer(tiny(), residual="none").eval()
+    x = torch.randn(1, 6, 3, 32, 32)
+    gaps = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    gaps[0, 1, 3:9, 3:9] = True
+    with torch.no_grad():
+        out = imputer(x, gaps)
+    g = gaps.unsqueeze(1).expand_as(x)
+    assert torch.equal(out[~g], x[~g]) and not torch.allclose(out[g], x[g])
+    x2 = x.clone()
+    x2[g] = 99.0  # what a cloud looks like: the gap's own values never reach the model
+    with torch.no_grad():
+        torch.testing.assert_close(imputer(x2, gaps)[g], out[g])
+
+
+def test_imputer_export_round_trip(tmp_path):
+    torch.manual_seed(0)
+    imputer = Imputer(tiny(), residual="linear")
+    torch.nn.init.normal_(imputer.mae.decoder.decoder_pred.weight, std=0.01)  # as if trained
+    imputer.eval()
+    save_finetuned(imputer, tmp_path / "imp", task="imputation", mean=[1000.0] * 6, std=[500.0] * 6,
+                   bands=MODEL_BANDS, img_size=32)
+    model, info = load_finetuned(tmp_path / "imp")
+    assert isinstance(model, Imputer) and model.residual == "linear" and info.img_size == 32
+    x = torch.randn(1, 6, 3, 32, 32)
+    hidden = torch.rand(1, 3, 32, 32) > 0.7
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, hidden), imputer(x, hidden))
