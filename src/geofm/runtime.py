@@ -43,3 +43,24 @@ def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
         return False
     _TUNED = ok
     return ok
+
+
+def check_accelerator(accelerator: str, option: str = "trainer.accelerator") -> None:
+    """:class:`~geofm.errors.ConfigError` when ``accelerator`` asks for a GPU this machine or torch build lacks.
+
+    Lightning would fail later with its own traceback; ``auto`` and ``cpu`` always pass.
+    """
+    from geofm.errors import ConfigError
+
+    name = str(accelerator).lower()
+    if name in ("auto", "cpu"):
+        return
+    if name not in ("gpu", "cuda", "mps", "tpu", "xla", "hpu"):
+        raise ConfigError(f"{option} must be auto, cpu, gpu, cuda or mps, got {accelerator!r}")
+    import torch
+
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"{option}={accelerator}: {why}; use {option}=cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{option}=mps: MPS is not available here; use {option}=cpu (or auto)")

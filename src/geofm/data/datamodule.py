@@ -4,43 +4,24 @@
 path reads raw int16 chips in the workers and normalizes on the device
 (:meth:`~geofm.data.loader.ChipDataset.normalize_batch`). Its ``state_dict`` is the data position
 (epoch, batches consumed), saved in every checkpoint and restored on resume, so a resumed run sees
-exactly the samples the interrupted one had not yet seen. :class:`DataSection` is its configuration
-(the ``data`` section of a pretraining config).
+exactly the samples the interrupted one had not yet seen. Its configuration is
+:class:`~geofm.data.loader_config.DataSection` (the ``data`` section of a pretraining config).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
 from geofm.data.loader import ChipLoader  # batches built in the workers, true batch count for Lightning
+from geofm.data.loader_config import DataSection
 from geofm.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataSection:
-    """Where the chips come from and how they are batched."""
-
-    store: str = ""  # chip store path or URL (s3://...)
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    build_sample_store: bool = False  # store missing -> build it from the bundled data/sample images
-    index: str | None = None  # stratified sampling index (parquet/.npy from `geofm sample`)
-    bands: list[int] | None = None  # band subset (indices into the store's bands)
-    normalize: Literal["v1", "v2"] | None = None  # None: the model's norm_stats
-    batch_size: int = 8  # per process
-    num_workers: int = 0
-    raw: bool = True  # int16 through the loader, normalized on the device (fast path)
-    val_fraction: float = 0.05  # of the chips, held out (ignored when val_store is given)
-    val_store: str | None = None
-    seed: int = 0
-    exclude_nodata: bool = True  # nodata pixels do not count in the loss
 
 
 def split_slots(store: str, index: str | None, fraction: float, seed: int,

@@ -176,9 +176,11 @@ def frame_grid(frame: Frame) -> Grid:
             if src.crs is None:
                 raise DataError(f"'{p}' has no CRS: expected a georeferenced GeoTIFF")
             g = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
-            if any(b > src.count for q, b in frame.sources if q == p):
-                raise DataError(f"'{p}' has {src.count} band(s), expected at least "
-                                f"{max(b for q, b in frame.sources if q == p)}")
+            wanted = [b for q, b in frame.sources if q == p] + ([frame.fmask[1]] if frame.fmask and
+                                                                 frame.fmask[0] == p else [])
+            if max(wanted, default=0) > src.count:
+                raise DataError(f"'{p}' has {src.count} band(s), expected at least {max(wanted)}"
+                                f"{' (the Fmask band)' if frame.fmask and frame.fmask == (p, max(wanted)) else ''}")
             if frame.nodata is None and src.nodata is not None and any(q == p for q, _ in frame.sources):
                 frame.nodata = src.nodata  # from a band file, never from the Fmask (whose fill is 255)
         if grid is None:

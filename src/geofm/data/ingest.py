@@ -86,6 +86,30 @@ def check_config(cfg: IngestConfig) -> None:
                 raise DataError(f"landcover map '{cfg.landcover}' has no CRS: expected a georeferenced GeoTIFF")
 
 
+def check_scheduler(scheduler: str | None, timeout: float = 5.0) -> None:
+    """A ``tcp://host:port`` (or ``host:port``) Dask scheduler answers, before anything is written."""
+    if scheduler in (None, "sync"):
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if url.scheme != "tcp":
+        return  # tls://, ucx:// ... are left to Dask
+    try:
+        host, port = url.hostname, url.port or 8786  # Dask's default scheduler port
+    except ValueError:
+        host = None
+    if not host:
+        raise ConfigError(f"--scheduler '{scheduler}' is not a Dask scheduler address (tcp://host:port), "
+                          "nor 'sync'")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise DataError(f"--scheduler '{scheduler}': no Dask scheduler answers there ({e}); give the address of "
+                        "a running one, omit --scheduler for a LocalCluster, or use 'sync'") from e
+
+
 def _opt(name: str) -> str:
     """An option as the library and the command line call it: ``chip_size (--chip-size)``."""
     return f"{name} (--{name.replace('_', '-')})"
@@ -199,7 +223,7 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
                 grid = hls.check_same_grid(group)
             except DataError as e:
                 skipped.append((f"{tile} series {k}", str(e)))
-                log.warning("skipping series %d of tile %s: %s", k, tile, e)
+                log.info("skipping series %d of tile %s: %s", k, tile, e)
                 continue
             rows, cols = grid.height // cfg.chip_size, grid.width // cfg.chip_size
             if rows == 0 or cols == 0:
@@ -210,7 +234,7 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
                            "transform": list(grid.transform), "width": grid.width, "height": grid.height,
                            "rows": rows, "cols": cols, "rows_per_task": per_task})
     if not series:
-        raise DataError("nothing to ingest: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
+        raise DataError("nothing to ingest: " + summarize_skipped(skipped))
     shard = max(s["cols"] for s in series)
     tasks, row_id = [], 0
     for i, s in enumerate(series):
@@ -227,6 +251,12 @@ def grid_key(g: hls.Grid) -> str:
     """8 digits naming a grid, the same in every process and run (Python's ``hash`` is salted per process)."""
     text = json.dumps([g.crs, [round(v, 9) for v in g.transform], g.width, g.height])
     return f"{int(hashlib.sha256(text.encode()).hexdigest()[:15], 16) % 10**8:08d}"
+
+
+def summarize_skipped(skipped: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """The first ``shown`` of (what, why) pairs, and how many more there are."""
+    text = "; ".join(f"{a}: {b}" for a, b in skipped[:shown])
+    return text + (f" (and {len(skipped) - shown} more)" if len(skipped) > shown else "")
 
 
 def _aligned_rows(frame: hls.Frame, chip: int, max_rows: int = 8) -> int:
@@ -491,13 +521,14 @@ def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, 
     cfg = cfg or IngestConfig()
     check_config(cfg)
     check_output(out, storage_options)
+    check_scheduler(scheduler)
     loc = store.Location(out, storage_options)
     files = expand_inputs(inputs)
     if not files:
         raise DataError(f"no GeoTIFF files (.tif, .tiff, .gtif) found in {', '.join(repr(i) for i in inputs)}")
     frames, skipped = discover_frames(files, cfg)
     if not frames:
-        raise DataError("no usable frames: " + "; ".join(f"{a}: {b}" for a, b in skipped[:10]))
+        raise DataError("no usable frames: " + summarize_skipped(skipped))
     plan, more = plan_ingest(frames, cfg)
     skipped += more
     plan_bytes = json.dumps(plan, sort_keys=True).encode()
@@ -554,7 +585,12 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
                                dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError) as e:  # unreachable (timeout) or not an address
+            raise DataError(f"--scheduler '{scheduler}': cannot connect to a Dask scheduler there ({e}); give "
+                            "the address of a running one (tcp://host:8786), omit it for a LocalCluster, or "
+                            "use 'sync'") from e
     try:
         plan_future = client.scatter(plan, broadcast=True)
         futures = [client.submit(_run_task_reporting, loc.url, loc.storage_options, plan_future, i, pure=False)

@@ -71,7 +71,8 @@ def resolve_path(source: str | os.PathLike) -> Path:
             log.warning("several weight files in %s, using %s", path, found[0].name)
         return found[0]
     text = str(source)
-    if re.fullmatch(r"(hf://)?[\w.-]+/[\w.-]+", text) and not path.exists():
+    looks_local = text.startswith((".", "/", "~")) or path.suffix in WEIGHT_SUFFIXES or path.parent.is_dir()
+    if text.startswith("hf://") or (re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not looks_local):
         return resolve_path(_snapshot_from_cache(text.removeprefix("hf://")))
     raise CheckpointError(f"checkpoint '{source}' not found: expected a file, a model folder, or a "
                           "Hugging Face repo id present in the local cache")
@@ -96,8 +97,9 @@ def _snapshot_from_cache(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as e:  # huggingface_hub raises several types for "not cached"
         raise CheckpointError(
-            f"'{repo_id}' is not in the local Hugging Face cache and geofm does not download at load time; "
-            f"run `huggingface-cli download {repo_id}` first ({type(e).__name__})") from e
+            f"checkpoint '{repo_id}' not found: no such local file or folder, and it is not in the local "
+            f"Hugging Face cache (geofm does not download at load time; if it is a repo id, fetch it once with "
+            f"`huggingface-cli download {repo_id}`)") from e
 
 
 # --------------------------------------------------------------------------- restricted unpickling
@@ -124,7 +126,9 @@ def _numpy_allowlist() -> list:
 def load_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(weights_only=True)`` plus the numpy scalar/dtype and ``_codecs.encode`` globals that
     mmcv checkpoints (Prithvi-EO-1.0 fine-tunes) carry in their ``meta``. Any other global (a payload
-    that runs code) is refused with :class:`CheckpointError`."""
+    that runs code) is refused with :class:`CheckpointError`. ``weights_only`` is passed explicitly, so
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off; every checkpoint geofm reads, Lightning's
+    resume included, goes through here."""
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(2)
@@ -134,10 +138,11 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals(_numpy_allowlist()):
             # zip files are memory-mapped: tensors nobody uses (optimizer states) are never read
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load '{path}': it is not a plain tensor checkpoint (weights_only=True rejected it: "
-            f"{str(e).splitlines()[0]})") from e
+    except pickle.UnpicklingError as e:  # torch's first line advises weights_only=False: name the global instead
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        raise CheckpointError(f"refusing to load '{path}': it carries more than tensors and plain values, "
+                              f"which could run code when unpickled ({why})") from e
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"cannot read checkpoint '{path}': {e}") from e
 

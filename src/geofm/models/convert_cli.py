@@ -45,6 +45,9 @@ def _released_layout(source: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geofm.io import check_output_dir
+
+    check_output_dir(args.output, "OUT")
     layout = _released_layout(args.input)
     if layout is not None:
         from geofm.models.released import load_released, save_released

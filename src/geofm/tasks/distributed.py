@@ -1,8 +1,12 @@
-"""Distributed strategies for the Trainer: DDP, and FSDP that also runs on CPU (gloo).
+"""Trainer plugins: distributed strategies (DDP, FSDP that also runs on CPU) and safe checkpoint loading.
 
 The Trainer owns devices, precision and the distributed strategy: a task's ``trainer.strategy``
 is ``auto`` (one process, or DDP when several devices), ``ddp`` or ``fsdp``. On CPU, FSDP runs with
 the gloo backend through :class:`CPUFSDPStrategy` (Lightning's own check refuses CPU).
+
+Every checkpoint the Trainer reads (``trainer.resume``, auto-resume of ``last.ckpt``) goes
+through :func:`geofm.models.checkpoints.load_torch_file` (:class:`SafeCheckpointIO`), whatever
+the environment says about torch's ``weights_only`` default.
 """
 
 from __future__ import annotations
@@ -10,7 +14,17 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, reading through geofm's safe reader (never unpickles code)."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        from geofm.models.checkpoints import load_torch_file
+
+        return load_torch_file(path)
 
 
 def make_strategy(name: str):
@@ -85,5 +99,11 @@ class CPUFSDPStrategy(FSDPStrategy):
             return super().optimizer_state(optimizer)
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
+        from pathlib import Path
+
+        from geofm.models.checkpoints import load_torch_file
+
+        if Path(checkpoint_path).is_file():  # FSDP reads full checkpoints with its own unpickler: check first
+            load_torch_file(checkpoint_path)
         with _cpu_full_state_dict(self):
             return super().load_checkpoint(checkpoint_path, weights_only)

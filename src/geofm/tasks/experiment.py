@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geofm.errors import ConfigError
 from geofm.io import atomic_path
 from geofm.tasks.finetune import (
     load_finetune_config,
@@ -35,6 +36,25 @@ from geofm.tasks.finetune import (
 log = logging.getLogger(__name__)
 
 
+def check_grid(strategies: Sequence[str], fractions: Sequence[float], seeds: int) -> None:
+    """:class:`ConfigError` for an unknown or repeated strategy, a fraction outside (0, 1], seeds < 1."""
+    known = ("full", "frozen", "scratch")
+    if not strategies:
+        raise ConfigError(f"--strategies is empty; choose from {', '.join(known)}")
+    unknown = [s for s in strategies if s not in known]
+    if unknown:
+        raise ConfigError(f"--strategies: unknown {unknown}; choose from {', '.join(known)}")
+    if len(set(strategies)) != len(strategies) or len(set(fractions)) != len(fractions):
+        raise ConfigError(f"--strategies / --label-fractions repeat a value: {list(strategies)}, {list(fractions)}")
+    if not fractions:
+        raise ConfigError("--label-fractions is empty; e.g. 1,0.5,0.25,0.1")
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ConfigError(f"--label-fractions must be in (0, 1], got {bad}")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+
+
 def run_key(strategy: str, fraction: float, seed: int) -> str:
     return f"{strategy}/frac{fraction:g}/seed{seed}"
 
@@ -43,17 +63,25 @@ def run_experiment(config: str | Path, strategies: Sequence[str] = ("full", "fro
                    fractions: Sequence[float] = (1.0, 0.5, 0.25, 0.1), seeds: int = 3,
                    overrides: Sequence[str] = (), out_dir: str | Path | None = None,
                    progress=None) -> dict[str, Path]:
-    """Run (or resume) the grid; returns the paths of ``results.csv``, ``data_efficiency.png``, ``curves.png``."""
+    """Run (or resume) the grid; returns the paths of ``results.csv``, ``data_efficiency.png``, ``curves.png``.
+
+    The whole grid is checked first (strategy names, fractions, every run's config, the output
+    folder): a typo fails before any run trains, not after the earlier ones did.
+    """
+    from geofm.io import check_output_dir
+
     base = load_finetune_config(config, list(overrides))
+    check_grid(strategies, fractions, seeds)
     out = Path(out_dir) if out_dir is not None else Path("outputs/experiments") / base.name
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, "--out")
     key = main_metric(base.task)
     grid = [(s, float(f), seed) for s in strategies for f in fractions for seed in range(seeds)]
+    configs = [load_finetune_config(config, [*overrides, f"optim.strategy={strategy}", f"data.label_fraction={fraction}",
+                                             f"seed={seed}", f"run_dir={out / run_key(strategy, fraction, seed)}"])
+               for strategy, fraction, seed in grid]
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n, (strategy, fraction, seed) in enumerate(grid):
-        run_dir = out / run_key(strategy, fraction, seed)
-        cfg = load_finetune_config(config, [*overrides, f"optim.strategy={strategy}",
-                                            f"data.label_fraction={fraction}", f"seed={seed}", f"run_dir={run_dir}"])
+    for n, ((strategy, fraction, seed), cfg) in enumerate(zip(grid, configs)):
         metrics_file = run_dir_of(cfg) / "metrics.json"
         if metrics_file.is_file():
             log.info("skipping finished run %s", run_key(strategy, fraction, seed))
@@ -172,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_lightning(getattr(args, "verbose", 0))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]
+    try:
+        fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(f"--label-fractions expects comma-separated numbers, got {args.label_fractions!r}") from None
+    check_grid(strategies, fractions, args.seeds)
     bar = progress_bar(total=len(strategies) * len(fractions) * args.seeds, desc="runs", unit="run")
 
     def progress(done, total, row):

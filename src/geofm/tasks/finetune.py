@@ -155,7 +155,42 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | tuple[s
     seg_loss, imp_loss = ("ce", "dice", "ce+dice"), ("l1", "l2")
     if cfg.optim.loss not in (seg_loss if cfg.task == "segmentation" else imp_loss):
         raise ConfigError(f"optim.loss {cfg.optim.loss!r} does not fit task {cfg.task!r} in {path}")
+    check_values(cfg)
     return cfg
+
+
+def check_values(cfg: FinetuneConfig) -> None:
+    """Ranges of the numeric options and the accelerator, before any data is read (:class:`ConfigError`)."""
+    from geofm.runtime import check_accelerator
+
+    d, t = cfg.data, cfg.trainer
+    if not 0.0 < d.label_fraction <= 1.0:
+        raise ConfigError(f"data.label_fraction is the fraction of training labels used and must be in (0, 1], "
+                          f"got {d.label_fraction}")
+    for name, value in (("data.batch_size", d.batch_size), ("data.eval_batch_size", d.eval_batch_size),
+                        ("data.tile_size", d.tile_size), ("data.crop_size", d.crop_size),
+                        ("data.eval_tile_size", d.eval_tile_size), ("trainer.max_epochs", t.max_epochs),
+                        ("trainer.log_every_n_steps", t.log_every_n_steps),
+                        ("trainer.check_val_every_n_epoch", t.check_val_every_n_epoch)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
+    for name, value in (("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(f"data.val_fraction + data.test_fraction must leave training chips, got "
+                          f"{d.val_fraction} + {d.test_fraction}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if d.dataset != "imputation":
+        root = resolve_path(d.root)
+        if root is None:
+            raise ConfigError(f"data.root is required: the {d.dataset} dataset folder")
+        if not Path(root).is_dir():
+            raise ConfigError(f"data.root '{root}' is not a folder: expected the {d.dataset} dataset there")
+    check_accelerator(t.accelerator)
 
 
 def resolve_path(value: str | None, run_dir: Path | None = None) -> str | None:
@@ -364,8 +399,10 @@ def run_finetune(cfg: FinetuneConfig, stage: str = "fit") -> Path:
 
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
+    from geofm.io import check_output_dir
+
     tune_cpu_allocator()
-    run_dir = run_dir_of(cfg)
+    run_dir = check_output_dir(run_dir_of(cfg), "run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / ("config.yaml" if stage == "fit" else f"config_{stage}.yaml"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -30,9 +30,9 @@ from lightning.pytorch.callbacks import Callback
 
 from geofm.config import save_config, to_dict
 from geofm.data.datamodule import ChipDataModule, ChipLoader, DataSection, split_slots
-from geofm.errors import ConfigError
+from geofm.errors import ConfigError, DataError
 from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
-from geofm.tasks.distributed import CPUFSDPStrategy, make_strategy
+from geofm.tasks.distributed import CPUFSDPStrategy, SafeCheckpointIO, make_strategy
 from geofm.training import adamw, clip_gradients, compile_module, decay_groups, resolve_compile
 from geofm.tasks.pretrain_config import (
     PRECISIONS,
@@ -224,6 +224,7 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callba
         num_sanity_val_steps=0, log_every_n_steps=t.log_every, callbacks=cbs, logger=loggers,
         enable_progress_bar=t.progress_bar, deterministic=t.deterministic, default_root_dir=run_dir,
         reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False, enable_model_summary=False,
+        plugins=[SafeCheckpointIO()],
     )
 
 
@@ -248,6 +249,8 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     """
     from lightning.fabric.utilities.seed import seed_everything
 
+    from geofm.io import check_output_dir
+    from geofm.models.checkpoints import load_torch_file
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # as geofm.train_step and the other entry points
@@ -255,8 +258,11 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     mopts = model_options(cfg)
     check_config(cfg)
     run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(run_dir, "out_dir")
     ckpt_path = resolve_resume(cfg, run_dir)
+    if ckpt_path is not None:  # a refused checkpoint fails here, before the run folder changes
+        load_torch_file(ckpt_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     trainer = build_trainer(cfg, run_dir, callbacks)
     if trainer.is_global_zero:
@@ -269,8 +275,12 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval")  # per epoch, small stores
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")  # lightning vs torch 2.13
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # a resume
     log.info("pretraining %s -> %s%s", cfg.model.name, run_dir, f" (resuming {ckpt_path})" if ckpt_path else "")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    if trainer.global_step == 0:
+        raise DataError(f"no optimizer step was taken (no training batch from data.store '{cfg.data.store}'"
+                        f"{f' with data.index {cfg.data.index!r}' if cfg.data.index else ''}): nothing exported")
     state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP (full state dict)
     if trainer.is_global_zero:
         export(task, state, run_dir / "export", cfg.model.name)

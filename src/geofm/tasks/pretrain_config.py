@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geofm.config import load_config
-from geofm.data.datamodule import DataSection
+from geofm.data.loader_config import DataSection
 from geofm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,49 @@ def check_config(cfg: PretrainConfig) -> dict[str, Any]:
         attrs = attrs or a
     if d.index is not None and not Path(d.index).is_file():
         raise ConfigError(f"data.index '{d.index}' does not exist")
+    check_train_chips(cfg)
+    from geofm.runtime import check_accelerator
+
+    check_accelerator(t.accelerator)
     if t.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {t.precision!r}")
     if t.strategy == "fsdp" and t.compile is True:
         raise ConfigError("trainer.compile with trainer.strategy=fsdp is not supported here; use one of them")
     return attrs or {}
+
+
+def check_train_chips(cfg: PretrainConfig) -> int:
+    """Training chips (after the validation split) fill at least one batch; returns their count.
+
+    An empty index or a store whose chips were all filtered at ingest would train 0 steps and
+    export an untrained model: a :class:`ConfigError` instead.
+    """
+    import numpy as np
+
+    from geofm.data import store as chip_store
+    from geofm.data.loader import read_index
+
+    d = cfg.data
+    try:
+        if d.index is not None:
+            slots = read_index(d.index)
+            known = chip_store.read_metadata(d.store, d.storage_options or None)["slot"]
+            unknown = np.setdiff1d(slots, known)
+            if len(unknown):
+                raise ConfigError(f"data.index '{d.index}' names {len(unknown)} chip slot(s) not in data.store "
+                                  f"'{d.store}' (e.g. {int(unknown[0])}): was it sampled from another store?")
+        else:
+            slots = chip_store.read_metadata(d.store, d.storage_options or None)["slot"]
+    except DataError as e:
+        raise ConfigError(f"data.index '{d.index}': {e}" if d.index else f"data.store '{d.store}': {e}") from e
+    n = len(slots)
+    n_train = n if d.val_store is not None else n - (min(max(round(n * d.val_fraction), 1), n - 1)
+                                                     if d.val_fraction > 0 and n > 1 else 0)
+    if n_train < d.batch_size:
+        source = f"data.index '{d.index}'" if d.index else f"data.store '{d.store}'"
+        raise ConfigError(f"{source} gives {n_train} training chip(s) ({n} in all), fewer than one batch "
+                          f"(data.batch_size={d.batch_size}): nothing would be trained")
+    return n_train
 
 
 def prepare_store(cfg: PretrainConfig) -> None:
