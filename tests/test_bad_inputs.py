@@ -127,6 +127,8 @@ CASES = [
     Case("convert-input-carries-code", ["convert", "{evil}", "{new}"], ["evil.pt", "refusing to load"],
          ["new", "marker"], env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}),
     Case("convert-out-is-a-file", ["convert", "{export}", "{file}"], ["OUT", "afile.txt", "is a file"], ["file"]),
+    Case("convert-unknown-model", ["convert", "{export}", "{new}", "--model", "prithvi_huge"],
+         ["prithvi_huge", "available"], ["new"]),
     # ------------------------------------------------------------------ predict
     Case("predict-device-cuda-without-gpu", [*PREDICT, "{new}.tif", "--device", "cuda"], ["--device", "cuda"],
          ["new.tif"]),

@@ -48,3 +48,12 @@ def test_help_imports_no_subcommand_module():
     for name in cli.COMMANDS:
         assert name in help_text
     assert cli.command_of(["-v", "ingest", "x"]) == "ingest" and cli.command_of(["nope"]) is None
+
+
+def test_subcommand_help_imports_no_heavy_module():
+    """Each subcommand's argument module is light: ``geofm COMMAND --help`` never imports torch or Lightning."""
+    code = ("import importlib, sys; from geofm import cli; "
+            "[importlib.import_module(m).add_arguments(cli.argparse.ArgumentParser()) for m, _ in cli.COMMANDS.values()]; "
+            "print([m for m in ('torch', 'lightning') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"

@@ -24,7 +24,7 @@ from geofm.io import atomic_path
 TILES = {
     "10SEG": (32610, 499980.0, 4200000.0),  # California Central Valley
     "14RMT": (32614, 399960.0, 3300000.0),  # Texas
-    "17RMJ": (32617, 399960.0, 3100020.0),  # Florida
+    "17RML": (32617, 399960.0, 3100020.0),  # Florida (Tampa Bay)
     "38PMB": (32638, 399960.0, 1700040.0),  # Horn of Africa (tile of the bundled real Fmask)
 }
 # Typical surface reflectance x10000 (B, G, R, NIR, SWIR1, SWIR2) of a few land covers.

@@ -5,16 +5,21 @@
 >>> loss, pred, mask = model(torch.randn(2, 6, 3, 64, 64))  # doctest: +SKIP
 """
 
-from geofm.models.checkpoints import read_checkpoint, save_pretrained
-from geofm.models.mae import PrithviConfig, PrithviMAE, patchify, random_masking, unpatchify
-from geofm.models.segmentation import (
-    FinetunedInfo, SegmentationModel, build_segmentation_model, load_finetuned, save_finetuned,
-)
-from geofm.models.presets import PRESETS, build_config, create_encoder, create_model, list_models
-from geofm.models.vit import PrithviViT
+import importlib
 
-__all__ = [
-    "FinetunedInfo", "PRESETS", "PrithviConfig", "SegmentationModel", "build_segmentation_model",
-    "load_finetuned", "save_finetuned", "PrithviMAE", "PrithviViT", "build_config", "create_encoder", "create_model",
-    "list_models", "patchify", "random_masking", "read_checkpoint", "save_pretrained", "unpatchify",
-]
+_HOME = {
+    "read_checkpoint": "checkpoints", "save_pretrained": "checkpoints",
+    "PrithviConfig": "mae", "PrithviMAE": "mae", "patchify": "mae", "random_masking": "mae", "unpatchify": "mae",
+    "FinetunedInfo": "segmentation", "SegmentationModel": "segmentation",
+    "build_segmentation_model": "segmentation", "load_finetuned": "segmentation", "save_finetuned": "segmentation",
+    "PRESETS": "presets", "build_config": "presets", "create_encoder": "presets", "create_model": "presets",
+    "list_models": "presets", "PrithviViT": "vit",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    """Names load on first use, so a command's ``--help`` (e.g. ``geofm convert``) does not import torch."""
+    if name in _HOME:
+        return getattr(importlib.import_module(f"geofm.models.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'geofm.models' has no attribute {name!r}")

@@ -11,16 +11,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from geofm.models.checkpoints import load_into, read_checkpoint, save_pretrained
-from geofm.models.mae import PrithviMAE
-from geofm.models.presets import build_config, infer_config, list_models
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="checkpoint file (.pt/.pth/.ckpt/.safetensors), model folder, cached repo id, or "
                                  "a released fine-tune (hls-foundation-os .pth + .py, TerraTorch .ckpt / HF folder)")
     p.add_argument("output", help="output folder (model.safetensors + config.json)")
-    p.add_argument("--model", choices=list_models(), help="preset to build (default: from the checkpoint)")
+    p.add_argument("--model", help="preset to build, e.g. prithvi_eo_v1_100m (default: from the checkpoint)")
     p.add_argument("--encoder-only", action="store_true", help="export (or accept) the encoder alone")
 
 
@@ -46,7 +43,12 @@ def _released_layout(source: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from geofm.io import check_output_dir
+    from geofm.models.checkpoints import load_into, read_checkpoint, save_pretrained
+    from geofm.models.mae import PrithviMAE
+    from geofm.models.presets import build_config, infer_config
 
+    if args.model:
+        build_config(args.model)  # an unknown name stops here, before anything is read or written
     check_output_dir(args.output, "OUT")
     layout = _released_layout(args.input)
     if layout is not None:

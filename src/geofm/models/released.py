@@ -278,7 +278,7 @@ def _v2_preprocessing(data: dict[str, Any], cfg: TerraTorchConfig, bands: list |
         raise KeyError("no statistics")
     fill = None if replace is None else [(float(replace) * scale - m) / s for m, s in zip(mean, std)]
     return {"mean": [m / scale for m in mean], "std": [s / scale for s in std], "scale": scale, "nodata_fill": fill,
-            "stacked_bands": [stacked] * 1 if cfg.num_frames == 1 else None, "bands": out}
+            "stacked_bands": [stacked], "bands": out}  # the same bands in every frame's file
 
 
 def _load_v2(files: dict[str, Path]) -> tuple[nn.Module, FinetunedInfo]:

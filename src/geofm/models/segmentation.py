@@ -152,8 +152,9 @@ class FinetunedInfo:
     Released models (:mod:`geofm.models.released`) also set ``layout`` ("hls_foundation",
     "terratorch"), ``nodata_fill`` (per band, the normalized value nodata pixels get, as the
     released pipeline's nodata replacement gives; None: NORMALIZED_NODATA) and ``stacked_bands``
-    (1-based bands of each frame in a stacked GeoTIFF, e.g. [[2, 3, 4, 9, 12, 13]] for the
-    13-band Sentinel-2 stacks of Sen1Floods11; None: bands 1-6).
+    (1-based bands of a stacked GeoTIFF: one list per frame when one file holds every frame, as
+    the v1 crop chips, or one list for every file, e.g. [[2, 3, 4, 9, 12, 13]] for the 13-band
+    Sentinel-2 stacks of Sen1Floods11; None: bands 1-6).
     """
 
     task: str
