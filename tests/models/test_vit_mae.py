@@ -128,6 +128,29 @@ def test_loss_only_on_masked_patches(tiny):
         assert tiny.forward_loss(x, changed, mask) > loss + 0.5
 
 
+@pytest.mark.parametrize("norm_pix", [False, True])
+@pytest.mark.parametrize("with_valid", [False, True])
+def test_training_loss_on_masked_tokens_only_equals_full_loss(norm_pix, with_valid):
+    """``return_pred=False`` predicts only the masked patches: same loss and same gradients."""
+    torch.manual_seed(0)
+    model = create_model("prithvi_tiny", norm_pix_loss=norm_pix)
+    x = torch.randn(2, 6, 3, 64, 64)
+    valid = torch.rand(2, 1, 3, 64, 64) > 0.2 if with_valid else None
+    noise = torch.rand(2, 3 * 8 * 8)
+    results = []
+    for return_pred in (True, False):
+        model.zero_grad()
+        loss, pred, mask = model(x, valid=valid, noise=noise, return_pred=return_pred)
+        loss.backward()
+        results.append((loss.detach(), pred, mask, [p.grad.clone() for p in model.parameters()]))
+    (l_full, p_full, m_full, g_full), (l_part, p_part, m_part, g_part) = results
+    assert p_full.shape == (2, 192, 384) and p_part is None
+    torch.testing.assert_close(m_part, m_full)
+    torch.testing.assert_close(l_part, l_full, rtol=1e-6, atol=1e-7)
+    for a, b in zip(g_full, g_part):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_norm_pix_loss():
     torch.manual_seed(0)
     model = create_model("prithvi_tiny", norm_pix_loss=True)
@@ -265,3 +288,56 @@ def test_reconstruct_keeps_visible_patches(tiny):
     torch.testing.assert_close(vis, tiny.patchify(x)[mask == 0])
     torch.testing.assert_close(tiny.patchify(rec)[mask == 1], pred[mask == 1])
     assert math.isclose(mask.mean().item(), 0.75, abs_tol=0.01)
+
+
+def test_inference_under_autocast_reuses_cast_weights_and_follows_updates(tiny, monkeypatch):
+    """The kept bf16 weight copies give bitwise the plain autocast result, and are redone when weights change."""
+    monkeypatch.setenv("GEOFM_ATTENTION_FP32", "0")  # the same attention kernel with and without gradients
+    tiny.eval()
+    x = torch.randn(2, 6, 3, 64, 64)
+
+    def plain():  # grad enabled: autocast casts the weights itself
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return tiny.encode(x).detach()
+
+    def inference():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return tiny.encode(x)
+
+    first, again = inference(), inference()
+    assert tiny.encoder.blocks[0].mlp.fc1.__dict__["_cast_cache"][1][0].dtype == torch.bfloat16
+    assert torch.equal(first, plain()) and torch.equal(again, first)
+    with torch.no_grad():
+        tiny.encoder.blocks[0].mlp.fc1.weight.mul_(1.5)  # in place, as an optimizer step does
+    changed = inference()
+    assert not torch.equal(changed, first) and torch.equal(changed, plain())
+    tiny.load_state_dict(create_model("prithvi_tiny").state_dict())  # copy_ into the same storage
+    assert torch.equal(inference(), plain())
+
+
+def test_fp32_attention_probe_is_cached_leaves_rng_alone_and_can_be_pinned(tiny, monkeypatch):
+    from geofm.models import vit
+
+    monkeypatch.delenv("GEOFM_ATTENTION_FP32", raising=False)
+    monkeypatch.setattr(vit, "_FP32_ATTENTION", {})
+    x = torch.randn(2, 6, 3, 64, 64)
+    q = torch.randn(2, 4, 49, 16).bfloat16()
+    assert not vit.attention_in_fp32(q.float())  # fp32 inputs: nothing to decide
+    with torch.no_grad():
+        assert not vit.attention_in_fp32(q)  # inference: native kernel, no probe
+    assert vit._FP32_ATTENTION == {}
+    state = torch.random.get_rng_state()
+    choice = vit.attention_in_fp32(q)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the probe draws from its own generator
+    assert list(vit._FP32_ATTENTION.values()) == [choice]
+    calls = []
+    monkeypatch.setattr(vit, "_probe_attention", lambda *a: calls.append(a) or (1.0, 1.0))
+    assert vit.attention_in_fp32(q) == choice and calls == []  # cached per shape
+    losses = {}
+    for pinned in ("0", "1"):
+        monkeypatch.setenv("GEOFM_ATTENTION_FP32", pinned)
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses[pinned] = tiny(x)[0].item()
+    assert losses["0"] != losses["1"]  # the fp32 path really runs in fp32 under autocast
+    assert abs(losses["0"] - losses["1"]) / losses["1"] < 0.02

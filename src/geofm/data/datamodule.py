@@ -17,25 +17,11 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from geofm.data.loader import ChipLoader  # batches built in the workers, true batch count for Lightning
 from geofm.data.loader_config import DataSection
 from geofm.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class ChipLoader(torch.utils.data.DataLoader):
-    """DataLoader over a :class:`ChipDataset` whose ``len`` counts the batches it really yields.
-
-    With ``W`` workers each worker batches its own slice, so an epoch has
-    sum_w ceil(n_w / B) batches, not ceil(n / B); Lightning needs the true count.
-    """
-
-    def __len__(self) -> int:
-        ds = self.dataset
-        n = len(ds)
-        workers = max(1, self.num_workers)
-        bounds = np.linspace(0, n, workers + 1).round().astype(int)
-        return int(sum(-(-int(b - a) // self.batch_size) for a, b in zip(bounds[:-1], bounds[1:])))
 
 
 def split_slots(store: str, index: str | None, fraction: float, seed: int,

@@ -287,8 +287,16 @@ def _cfg_to_json(cfg: IngestConfig) -> dict:
 
 # --------------------------------------------------------------------------- one task
 def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: int) -> dict:
-    """Read one strip of chip rows of one series, filter its chips, write its shards and metadata part."""
+    """Read one strip of chip rows of one series, filter its chips, write its shards and metadata part.
+
+    The strip is processed chip row by chip row in a three-stage pipeline so that the cores are
+    not idle while a shard is compressed and written: frames of row r+1 are decoded (one thread
+    per frame; GDAL releases the GIL and its block cache serves blocks that straddle two rows),
+    while row r's masks, filter and statistics are computed, while row r-1's chips are
+    Blosc-compressed and written (one writer thread; Blosc and file writes release the GIL).
+    """
     import pyarrow as pa
+    from concurrent.futures import ThreadPoolExecutor
     from rasterio.windows import Window
 
     t0 = time.perf_counter()
@@ -296,100 +304,148 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
     cfg = plan["config"]
     task = plan["tasks"][task_id]
     s = plan["series"][task["series"]]
-    size, cols, shard = cfg["chip_size"], s["cols"], plan["shard"]
+    size, cols = cfg["chip_size"], s["cols"]
     row0, nrows = task["row0"], task["nrows"]
     frames = [_frame_from_json(f) for f in s["frames"]]
     window = Window(0, row0 * size, cols * size, nrows * size)
-    n_t, height, width = len(frames), nrows * size, cols * size
-    strip = np.empty((n_t, len(frames[0].sources), height, width), np.int16)  # (T, C, H, W)
-    nodata = np.zeros((n_t, height, width), bool)
-    cloud = np.zeros((n_t, height, width), bool)
-    bytes_in = strip.nbytes
-    datasets: dict = {}
-    try:
-        for t, f in enumerate(frames):
-            _, fmask = hls.read_frame_window(f, window, datasets, out=strip[t], nodata_out=nodata[t])
-            if fmask is not None:
-                bytes_in += fmask.nbytes
-                if cfg["fmask_kind"] == "cfmask":
-                    fmask = hls.cfmask_to_hls_fmask(fmask)
-                nodata[t] |= fmask == hls.FMASK_FILL
-                cloud[t] = hls.cloud_mask(fmask, cfg["cloud_bits"])
-    finally:
-        for d in datasets.values():
-            d.close()
     landcover = _landcover_strip(cfg["landcover"], s, window) if cfg["landcover"] else None
-    a, b, c, d, e, f = s["transform"]
-    dates = [fr.datetime for fr in frames]
     rows_meta: dict[str, list] = {k: [] for k in _schema().names}
     encoder = store.ShardEncoder(loc)
-    chip = np.empty((n_t, strip.shape[1], size, size), np.int16)
     rejected = {"cloud": 0, "nodata": 0}
-    for i in range(nrows):
-        row = row0 + i
-        ys = slice(i * size, (i + 1) * size)
-        xs_c = [c + a * (col * size + size / 2) + b * (row * size + size / 2) for col in range(cols)]
-        ys_c = [f + d * (col * size + size / 2) + e * (row * size + size / 2) for col in range(cols)]
-        lons, lats = _to_lonlat(s["crs"], xs_c, ys_c)
-        chunks: list[bytes | None] = [None] * shard
-        for col in range(cols):
-            xs = slice(col * size, (col + 1) * size)
-            nd, cl = nodata[:, ys, xs], cloud[:, ys, xs]
-            nodata_frac = float(nd.mean())
-            cloud_frac = float((cl & ~nd).mean())
-            if nodata_frac > cfg["max_nodata"]:
-                rejected["nodata"] += 1
-                continue
-            if cloud_frac > cfg["max_cloud"]:
-                rejected["cloud"] += 1
-                continue
-            np.copyto(chip, strip[:, :, ys, xs])  # one contiguous copy serves the statistics and Blosc
-            chunks[col] = encoder.compress(chip)
-            mean, std = _band_stats(chip, ~nd)
-            rows_meta["slot"].append((task["row_id0"] + i) * shard + col)
-            rows_meta["tile"].append(s["tile"])
-            rows_meta["series"].append(task["series"])
-            rows_meta["chip_row"].append(row)
-            rows_meta["chip_col"].append(col)
-            rows_meta["crs"].append(s["crs"])
-            rows_meta["transform"].append([a, b, c + a * col * size + b * row * size, d, e,
-                                           f + d * col * size + e * row * size])
-            rows_meta["dates"].append([x.strftime("%Y-%m-%d") for x in dates])
-            rows_meta["year"].append([x.year for x in dates])
-            rows_meta["doy"].append([x.timetuple().tm_yday for x in dates])
-            rows_meta["lat"].append(lats[col])
-            rows_meta["lon"].append(lons[col])
-            rows_meta["cloud_frac"].append(cloud_frac)
-            rows_meta["nodata_frac"].append(nodata_frac)
-            rows_meta["band_mean"].append(mean.tolist())
-            rows_meta["band_std"].append(std.tolist())
-            rows_meta["landcover"].append(_majority(landcover[ys, xs]) if landcover is not None else -1)
-            rows_meta["granules"].append([fr.granule_id or "" for fr in frames])
-        if any(c is not None for c in chunks):
-            encoder.write(task["row_id0"] + i, chunks)
+    datasets: list[dict] = [{} for _ in frames]  # one set of open files per frame: one thread at a time uses it
+    bytes_in = 0
+    try:
+        with ThreadPoolExecutor(len(frames), thread_name_prefix="geofm-decode") as readers, \
+                ThreadPoolExecutor(1, thread_name_prefix="geofm-write") as writer:
+            def read_row(i: int):
+                win = Window(0, (row0 + i) * size, cols * size, size)
+                return [readers.submit(_read_frame_row, f, win, datasets[t], cfg) for t, f in enumerate(frames)]
+
+            pending = read_row(0)
+            written = None
+            for i in range(nrows):
+                parts = [fut.result() for fut in pending]  # [(bands (C, h, w), nodata, cloud, bytes)] per frame
+                if i + 1 < nrows:
+                    pending = read_row(i + 1)
+                bytes_in += sum(p[3] for p in parts)
+                keep = _select_row(task, s, cfg, plan["shard"], frames, i, parts, landcover, rows_meta, rejected)
+                if written is not None:
+                    written.result()  # one row in flight: bounded memory, errors surface here
+                written = writer.submit(_write_row, encoder, task["row_id0"] + i, keep, plan["shard"])
+            if written is not None:
+                written.result()
+    finally:
+        for ds in datasets:
+            for d in ds.values():
+                d.close()
     table = pa.table(rows_meta, schema=_schema())
     loc.write_bytes(f"{store.PARTS}/task-{task_id:06d}.parquet", store.table_to_bytes(table))
     return {"task": task_id, "kept": len(rows_meta["slot"]), "rejected": rejected, "bytes": bytes_in,
             "seconds": time.perf_counter() - t0}
 
 
+def _read_frame_row(frame: hls.Frame, window, datasets: dict, cfg: dict):
+    """One frame's chip row: (bands (C, h, w) int16, nodata (h, w), cloud (h, w), bytes decoded)."""
+    h, w = int(window.height), int(window.width)
+    nodata = np.zeros((h, w), bool)
+    bands, fmask = hls.read_frame_window(frame, window, datasets, nodata_out=nodata)
+    nbytes = bands.nbytes
+    if fmask is None:
+        return bands, nodata, np.zeros((h, w), bool), nbytes
+    nbytes += fmask.nbytes
+    if cfg["fmask_kind"] == "cfmask":
+        fmask = hls.cfmask_to_hls_fmask(fmask)
+    nodata |= fmask == hls.FMASK_FILL
+    return bands, nodata, hls.cloud_mask(fmask, cfg["cloud_bits"]), nbytes
+
+
+def _select_row(task: dict, s: dict, cfg: dict, shard: int, frames: list, i: int, parts: list, landcover,
+                rows_meta: dict, rejected: dict) -> list[tuple[int, np.ndarray]]:
+    """Filter the chips of chip row ``i`` of the task, append the kept ones' metadata; returns [(col, chip)]."""
+    size, cols = cfg["chip_size"], s["cols"]
+    n_t = len(frames)
+    row = task["row0"] + i
+    width = cols * size
+    nodata = np.stack([p[1][:, :width] for p in parts])  # (T, size, W)
+    cloud = np.stack([p[2][:, :width] for p in parts])
+    # per-chip fractions in one pass: (T, y, col, x) -> (col,); the same sums as chip by chip
+    nd4 = nodata.reshape(n_t, size, cols, size)
+    nodata_frac = nd4.mean(axis=(0, 1, 3))
+    cloud_frac = (cloud & ~nodata).reshape(n_t, size, cols, size).mean(axis=(0, 1, 3))
+    a, b, c, d, e, f = s["transform"]
+    xs_c = [c + a * (col * size + size / 2) + b * (row * size + size / 2) for col in range(cols)]
+    ys_c = [f + d * (col * size + size / 2) + e * (row * size + size / 2) for col in range(cols)]
+    lons, lats = _to_lonlat(s["crs"], xs_c, ys_c)
+    dates = [fr.datetime for fr in frames]
+    keep: list[tuple[int, np.ndarray]] = []
+    for col in range(cols):
+        if nodata_frac[col] > cfg["max_nodata"]:
+            rejected["nodata"] += 1
+            continue
+        if cloud_frac[col] > cfg["max_cloud"]:
+            rejected["cloud"] += 1
+            continue
+        xs = slice(col * size, (col + 1) * size)
+        chip = np.stack([p[0][:, :, xs] for p in parts])  # (T, C, size, size), C-contiguous
+        keep.append((col, chip))
+        mean, std = _band_stats(chip, ~nodata[:, :, xs])
+        rows_meta["slot"].append((task["row_id0"] + i) * shard + col)
+        rows_meta["tile"].append(s["tile"])
+        rows_meta["series"].append(task["series"])
+        rows_meta["chip_row"].append(row)
+        rows_meta["chip_col"].append(col)
+        rows_meta["crs"].append(s["crs"])
+        rows_meta["transform"].append([a, b, c + a * col * size + b * row * size, d, e,
+                                       f + d * col * size + e * row * size])
+        rows_meta["dates"].append([x.strftime("%Y-%m-%d") for x in dates])
+        rows_meta["year"].append([x.year for x in dates])
+        rows_meta["doy"].append([x.timetuple().tm_yday for x in dates])
+        rows_meta["lat"].append(lats[col])
+        rows_meta["lon"].append(lons[col])
+        rows_meta["cloud_frac"].append(float(cloud_frac[col]))
+        rows_meta["nodata_frac"].append(float(nodata_frac[col]))
+        rows_meta["band_mean"].append(mean.tolist())
+        rows_meta["band_std"].append(std.tolist())
+        ys = slice(i * size, (i + 1) * size)
+        rows_meta["landcover"].append(_majority(landcover[ys, xs]) if landcover is not None else -1)
+        rows_meta["granules"].append([fr.granule_id or "" for fr in frames])
+    return keep
+
+
+def _write_row(encoder: store.ShardEncoder, shard_id: int, keep: list[tuple[int, np.ndarray]], shard: int) -> None:
+    """Compress the kept chips of one chip row and write its shard (nothing if none was kept)."""
+    if not keep:
+        return
+    chunks: list[bytes | None] = [None] * shard
+    for col, chip in keep:
+        chunks[col] = encoder.compress(chip)
+    encoder.write(shard_id, chunks)
+
+
 def _band_stats(chip: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std (float64) of a (T, C, H, W) chip over ``valid`` (T, H, W) pixels."""
+    """Per-band mean and std (float64) of a (T, C, H, W) int16 chip over ``valid`` (T, H, W) pixels.
+
+    The sums are taken in int64: exact, hence identical to float64 sums of the same integers
+    (they stay far below 2**53); about 1.2 ms per 224 px chip, as fast as the float64 einsum.
+    """
     t, c = chip.shape[:2]
-    x = chip.reshape(t, c, -1).astype(np.float64)
+    x = chip.reshape(t, c, -1)
     if valid.all():
-        n = x.shape[0] * x.shape[2]
-        s1 = x.sum(axis=2).sum(axis=0)
-        s2 = np.einsum("tcp,tcp->c", x, x)
+        n = t * x.shape[2]
+        sq = x.astype(np.int32)
+        s1 = sq.sum(axis=(0, 2), dtype=np.int64)
+        sq *= sq
+        s2 = sq.sum(axis=(0, 2), dtype=np.int64)
     else:
-        w = valid.reshape(t, 1, -1)
         n = int(valid.sum())
         if n == 0:
             return np.full(c, np.nan), np.full(c, np.nan)
-        s1 = (x * w).sum(axis=(0, 2))
-        s2 = (x * x * w).sum(axis=(0, 2))
-    mean = s1 / n
-    return mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+        sq = np.where(valid.reshape(t, 1, -1), x, 0).astype(np.int32)
+        s1 = sq.sum(axis=(0, 2), dtype=np.int64)
+        sq *= sq
+        s2 = sq.sum(axis=(0, 2), dtype=np.int64)
+    mean = s1.astype(np.float64) / n
+    return mean, np.sqrt(np.maximum(s2.astype(np.float64) / n - mean * mean, 0.0))
 
 
 def _schema():

@@ -10,6 +10,13 @@ and few requests on object storage).
 Mid-epoch resume: :meth:`ChipDataset.resume` takes the number of batches a rank had
 consumed; each worker works out from the DataLoader's round-robin order how many of its
 own samples were used, and skips them.
+
+Batches built in the worker: with ``batch_size`` set (or through :class:`ChipLoader`) the
+dataset yields whole batches: a worker decodes a run of chips of one shard and normalizes
+them straight into one (B, C, T, H, W) tensor in shared memory, so a batch crosses the
+worker -> main process boundary as one handle instead of B pickled samples that the main
+process then collates. The batches are the ones a per-sample DataLoader would build (each
+worker batches its own slice), so both modes give the same data in the same order.
 """
 
 from __future__ import annotations
@@ -89,12 +96,14 @@ class ChipDataset(IterableDataset):
         raw: yield ``image`` as int16 reflectance x10000 (nodata -9999) and leave the
             normalization to :meth:`normalize_batch` on the consumer side (typically on the
             accelerator): half the bytes cross the worker -> main process pipe.
+        batch_size: yield batches (dicts of (B, ...) tensors, ``index`` an int64 tensor) instead
+            of samples; use with ``DataLoader(batch_size=None)`` or :class:`ChipLoader`.
     """
 
     def __init__(self, store: str | os.PathLike, index: str | os.PathLike | Sequence[int] | None = None,
                  bands: Sequence[int] | None = None, normalize: str | None = "v1", return_coords: bool = False,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False, storage_options: dict | None = None,
-                 raw: bool = False):
+                 raw: bool = False, batch_size: int | None = None):
         super().__init__()
         self.loc = chip_store.as_location(store, storage_options)
         self.attrs = chip_store.store_attrs(self.loc)
@@ -133,12 +142,21 @@ class ChipDataset(IterableDataset):
         self._reader: chip_store.ShardReader | None = None
         self.per_shard = int(self.attrs["shard"])
         self._rank_world = dist_rank_world()
+        if batch_size is not None and int(batch_size) < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = None if batch_size is None else int(batch_size)
 
     def __len__(self) -> int:
         """Chips this rank yields per epoch (all workers together)."""
         rank, world = dist_rank_world()
         self._rank_world = (rank, world)
         return len(self._rank_slice(len(self.slots), rank, world))
+
+    def batches_per_epoch(self, batch_size: int, workers: int = 0) -> int:
+        """Batches this rank yields per epoch: each of ``workers`` workers batches its own slice."""
+        n = len(self)
+        bounds = np.linspace(0, n, max(1, workers) + 1).round().astype(int)
+        return int(sum(-(-int(b - a) // batch_size) for a, b in zip(bounds[:-1], bounds[1:])))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -192,17 +210,81 @@ class ChipDataset(IterableDataset):
             positions = positions[consumed_per_worker(lengths, bs, batches)[worker]:]
         if self._reader is None:
             self._reader = chip_store.ShardReader(self.loc)
-        i = 0
-        while i < len(positions):  # runs of positions in the same shard -> one read each
-            shard = self.slots[positions[i]] // self.per_shard
-            j = i
-            while j < len(positions) and self.slots[positions[j]] // self.per_shard == shard:
-                j += 1
-            run = positions[i:j]
-            chips = self._reader.read(self.slots[run])
+        if self.batch_size is not None:
+            yield from self._batches(positions, self.batch_size, shared=info is not None)
+            return
+        for run, chips in self._runs(positions):
             for k, pos in enumerate(run):
                 yield self._sample(chips[k], int(pos))
-            i = j
+
+    def _runs(self, positions: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, chips (n, T, C, H, W) int16) per run of ``positions`` in one shard: one read each."""
+        shards = self.slots[positions] // self.per_shard
+        cuts = np.flatnonzero(np.diff(shards)) + 1
+        for run in np.split(positions, cuts):
+            if len(run):
+                yield run, self._reader.read(self.slots[run])
+
+    def _batches(self, positions: np.ndarray, batch_size: int, shared: bool) -> Iterator[dict]:
+        """Batches of ``batch_size`` consecutive positions (the last one shorter), built from shard runs."""
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (positions, chips) not yet handed over
+        held = 0
+        for run, chips in self._runs(positions):
+            pieces.append((run, chips))
+            held += len(run)
+            while held >= batch_size:
+                yield self._collate(pieces, batch_size, shared)
+                held -= batch_size
+        if held:
+            yield self._collate(pieces, held, shared)
+
+    def _collate(self, pieces: list[tuple[np.ndarray, np.ndarray]], n: int, shared: bool) -> dict:
+        """Take the first ``n`` chips of ``pieces`` (consumed in place) into one batch dict."""
+        t, _, h, w = self._reader.shape[1:]
+        dtype = torch.int16 if self.raw else torch.float32
+        shape = (n, len(self.bands), t, h, w)
+        image = _empty(shape, dtype, shared)
+        valid = _empty((n, t, h, w), torch.bool, shared)
+        img, ok = image.numpy(), valid.numpy()
+        pos = np.empty(n, dtype=np.int64)
+        k = 0
+        while k < n:
+            run, chips = pieces[0]
+            m = min(n - k, len(run))
+            self._fill(chips[:m], img[k:k + m], ok[k:k + m])
+            pos[k:k + m] = run[:m]
+            if m == len(run):
+                pieces.pop(0)
+            else:
+                pieces[0] = (run[m:], chips[m:])
+            k += m
+        out = {"image": image, "valid": valid, "index": torch.from_numpy(self.slots[pos])}
+        if self.return_coords:
+            out["temporal_coords"] = torch.from_numpy(np.stack([self.years[pos], self.doys[pos]], axis=2))
+            out["location_coords"] = torch.from_numpy(self.latlon[pos])
+        return out
+
+    def _fill(self, chips: np.ndarray, img: np.ndarray, valid: np.ndarray) -> None:
+        """chips (n, T, C, H, W) int16 -> img (n, C', T, H, W) (normalized float32, or raw int16), valid (n, T, H, W)."""
+        np.equal(chips[:, :, 0], HLS_NODATA, out=valid)
+        for c in range(1, chips.shape[2]):
+            valid |= chips[:, :, c] == HLS_NODATA
+        nodata = valid.copy() if valid.any() else None
+        np.logical_not(valid, out=valid)
+        for i, b in enumerate(self.bands):  # band by band: (n, T, H, W) planes, cache-friendly
+            src, dst = chips[:, :, b], img[:, i]
+            if self.raw:
+                dst[...] = src
+                fill = HLS_NODATA
+            elif self.mean is not None:
+                np.subtract(src, self.mean[i, 0, 0, 0], out=dst, dtype=np.float32)
+                dst /= self.std[i, 0, 0, 0]
+                fill = NORMALIZED_NODATA
+            else:
+                dst[...] = src
+                fill = NORMALIZED_NODATA
+            if nodata is not None:
+                dst[nodata] = fill
 
     def _sample(self, chip: np.ndarray, pos: int) -> dict:
         """chip (T, C, H, W) int16 -> the sample dict."""
@@ -240,3 +322,30 @@ class ChipDataset(IterableDataset):
         state = dict(self.__dict__)
         state["_reader"] = None  # opened lazily in each worker
         return state
+
+
+def _empty(shape: tuple, dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; ``shared``: allocated in shared memory (as DataLoader's collate does in a
+    worker), so it crosses to the main process as a handle, without a copy."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+class ChipLoader(torch.utils.data.DataLoader):
+    """DataLoader of whole batches built in the workers (see the module docstring).
+
+    ``len`` is the number of batches really yielded: with ``W`` workers each worker batches
+    its own slice, so an epoch has sum_w ceil(n_w / B) batches, not ceil(n / B).
+    Other keyword arguments go to :class:`torch.utils.data.DataLoader`.
+    """
+
+    def __init__(self, dataset: ChipDataset, batch_size: int, num_workers: int = 0, **kwargs):
+        dataset.batch_size = int(batch_size)
+        self.chips_per_batch = int(batch_size)
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
+
+    def __len__(self) -> int:
+        return self.dataset.batches_per_epoch(self.chips_per_batch, self.num_workers)

@@ -179,6 +179,13 @@ class MAEDecoder(nn.Module):
                 temporal_coords: torch.Tensor | None = None, location_coords: torch.Tensor | None = None,
                 hidden: torch.Tensor | None = None) -> torch.Tensor:
         """latent (B, 1+K, D) -> predictions (B, L, u*p*q*C). ``hidden`` (B, L) forces mask tokens."""
+        return self.decoder_pred(self.features(latent, ids_restore, grid, temporal_coords, location_coords,
+                                               hidden)[:, 1:])
+
+    def features(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int, int],
+                 temporal_coords: torch.Tensor | None = None, location_coords: torch.Tensor | None = None,
+                 hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """latent (B, 1+K, D) -> normalized decoder tokens (B, 1+L, Dd), before ``decoder_pred``."""
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
         b, n_keep = x.shape[0], x.shape[1] - 1
         n_tokens = ids_restore.shape[1]
@@ -193,7 +200,7 @@ class MAEDecoder(nn.Module):
         x = torch.cat([x[:, :1] + pos[:, :1], tokens], dim=1)  # (B, 1+L, Dd)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_norm(x)
 
 
 # --------------------------------------------------------------------------- the MAE
@@ -258,9 +265,15 @@ class PrithviMAE(nn.Module):
         return enc.norm(h), mask, ids_restore, pad
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
-                     valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-patch MSE averaged over masked patches; ``valid`` (B, C, T, H, W) excludes nodata pixels."""
+                     valid: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-patch MSE averaged over masked patches; ``valid`` (B, C, T, H, W) excludes nodata pixels.
+
+        With ``ids`` (B, M), ``pred`` (B, M, u*p*q*C) holds only those patches (the masked ones).
+        """
         target = self.patchify(x)
+        if ids is not None:
+            target = gather_tokens(target, ids)  # (B, M, P)
+            mask = torch.ones(ids.shape, device=ids.device)
         if self.config.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
@@ -270,21 +283,32 @@ class PrithviMAE(nn.Module):
             per_patch = err.mean(dim=-1)
         else:
             w = self.patchify(valid.expand_as(x).to(err.dtype))
+            if ids is not None:
+                w = gather_tokens(w, ids)
             per_patch = (err * w).sum(-1) / w.sum(-1).clamp_min(1.0)
             mask = mask * (w.sum(-1) > 0)
         return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
 
     def forward(self, x: torch.Tensor, mask_ratio: float | None = None, temporal_coords: torch.Tensor | None = None,
                 location_coords: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None, noise: torch.Tensor | None = None):
-        """MAE forward. ``mask`` (B, L), nonzero = hidden, replaces random masking (imputation)."""
+                valid: torch.Tensor | None = None, noise: torch.Tensor | None = None, return_pred: bool = True):
+        """MAE forward. ``mask`` (B, L), nonzero = hidden, replaces random masking (imputation).
+
+        ``return_pred=False`` (training): the prediction layer and the loss run on the masked
+        tokens only (the loss is the same up to float summation order) and ``pred`` is None.
+        """
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         grid = self.encoder.grid_of(x)
         latent, mask, ids_restore, pad = self.forward_encoder(x, ratio, temporal_coords, location_coords, mask, noise)
-        pred = self.decoder(latent, ids_restore, grid, temporal_coords, location_coords,
-                            hidden=mask if pad is not None else None)
-        loss = self.forward_loss(x, pred, mask, valid)
-        return loss, pred, mask
+        hidden = mask if pad is not None else None
+        if return_pred or pad is not None:  # pad: samples hide different counts of patches
+            pred = self.decoder(latent, ids_restore, grid, temporal_coords, location_coords, hidden=hidden)
+            return self.forward_loss(x, pred, mask, valid), pred, mask
+        tokens = self.decoder.features(latent, ids_restore, grid, temporal_coords, location_coords)[:, 1:]
+        n_keep = latent.shape[1] - 1
+        ids = torch.argsort(mask, dim=1, stable=True)[:, n_keep:]  # (B, L-K) masked patches, ascending
+        pred_masked = self.decoder.decoder_pred(gather_tokens(tokens, ids))  # (B, M, u*p*q*C)
+        return self.forward_loss(x, pred_masked, mask, valid, ids), None, mask
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

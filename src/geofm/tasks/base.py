@@ -13,6 +13,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from geofm.training import adamw, clip_gradients, decay_groups
+
 STRATEGIES = ("full", "frozen", "scratch")
 
 
@@ -84,14 +86,16 @@ class FinetuneModule(pl.LightningModule):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)  # fused AdamW: clip here
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        # the AdamW of geofm.training (fused kernel; no decay on biases, norms, tokens); betas as torch's default
+        opt = adamw(decay_groups(self, self.weight_decay), lr=self.lr, betas=(0.9, 0.999),
+                    weight_decay=self.weight_decay, fused=str(self.trainer.precision) != "16-mixed")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, int(self.trainer.max_epochs or 1))
         warmup = int(round(self.warmup_epochs * total / epochs))

@@ -33,6 +33,7 @@ from geofm.data.datamodule import ChipDataModule, ChipLoader, DataSection, split
 from geofm.errors import ConfigError, DataError
 from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
 from geofm.tasks.distributed import CPUFSDPStrategy, SafeCheckpointIO, make_strategy
+from geofm.training import adamw, clip_gradients, compile_module, decay_groups, resolve_compile
 from geofm.tasks.pretrain_config import (
     PRECISIONS,
     ModelSection,
@@ -85,7 +86,7 @@ class MAEPretrainTask(pl.LightningModule):
 
     def __init__(self, model_name: str = "prithvi_tiny", model_overrides: dict | None = None,
                  checkpoint: str | None = None, mask_ratio: float = 0.75, optim: dict | None = None,
-                 exclude_nodata: bool = True, seed: int = 0, compile: bool = False,
+                 exclude_nodata: bool = True, seed: int = 0, compile: bool | str = "auto",
                  model_config: dict | None = None):
         super().__init__()
         from geofm.models import create_model
@@ -101,21 +102,21 @@ class MAEPretrainTask(pl.LightningModule):
         self.exclude_nodata = exclude_nodata
         self.seed = seed
         self.uses_coords = bool(self.model.config.coords_encoding)
-        if compile:
-            self.model.compile()
+        if resolve_compile(compile, "cpu" if not torch.cuda.is_available() else "cuda"):
+            compile_module(self.model)
 
     # ---------------------------------------------------------------- forward
     def n_tokens(self, x: torch.Tensor) -> int:
         t, h, w = self.model.encoder.grid_of(x)
         return t * h * w
 
-    def _step(self, batch: dict, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, batch: dict, epoch: int, return_pred: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = batch["image"]
         noise = _chip_noise(batch["index"].cpu(), self.n_tokens(x), self.seed, epoch).to(x.device)
         tc = batch.get("temporal_coords") if self.uses_coords else None
         lc = batch.get("location_coords") if self.uses_coords else None
         valid = batch["valid"][:, None] if self.exclude_nodata else None  # (B, 1, T, H, W)
-        return self.model(x, self.mask_ratio, tc, lc, valid=valid, noise=noise)
+        return self.model(x, self.mask_ratio, tc, lc, valid=valid, noise=noise, return_pred=return_pred)
 
     def forward(self, batch: dict, epoch: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, pred (B, L, u*p*q*C), mask (B, L)) for a batch, masks seeded by (seed, epoch, chip)."""
@@ -125,12 +126,12 @@ class MAEPretrainTask(pl.LightningModule):
         # the global RNG (coordinate dropping) reseeded per (rank, epoch, batch): restarts replay it
         torch.manual_seed(int(np.random.SeedSequence([self.seed, self.global_rank, self.current_epoch,
                                                       batch_idx]).generate_state(1)[0]))
-        loss, _, _ = self._step(batch, self.current_epoch)
+        loss, _, _ = self._step(batch, self.current_epoch, return_pred=False)  # prediction on masked tokens only
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._step(batch, -1)  # fixed masks: comparable across validations
+        loss, _, _ = self._step(batch, -1, return_pred=False)  # fixed masks: comparable across validations
         self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True,
                  batch_size=len(batch["index"]))
         return loss
@@ -143,21 +144,15 @@ class MAEPretrainTask(pl.LightningModule):
         wrapped = self.trainer.strategy.model
         if gradient_clip_val and isinstance(wrapped, FullyShardedDataParallel):
             wrapped.clip_grad_norm_(gradient_clip_val)
+        elif gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            # no GradScaler: the gradients are final, clip them here (Lightning refuses a fused AdamW)
+            clip_gradients(optimizer, gradient_clip_val)
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def param_groups(self) -> list[dict]:
         """AdamW groups: weight decay on matrices only (not biases, norms, tokens, embeddings)."""
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            if p.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name:
-                no_decay.append(p)
-            else:
-                decay.append(p)
-        return [{"params": decay, "weight_decay": self.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+        return decay_groups(self.model, self.optim.weight_decay)
 
     def configure_optimizers(self):
         o = self.optim
@@ -168,7 +163,9 @@ class MAEPretrainTask(pl.LightningModule):
             lr = o.lr * batch * tr.accumulate_grad_batches * tr.world_size / o.lr_base_batch
             log.info("learning rate %.3g (base %.3g per %d samples, effective batch %d)", lr, o.lr, o.lr_base_batch,
                      batch * tr.accumulate_grad_batches * tr.world_size)
-        opt = torch.optim.AdamW(self.param_groups(), lr=lr, betas=tuple(o.betas))
+        # what geofm.train_step uses; fp16's GradScaler must unscale before clipping: no fused kernel there
+        opt = adamw(self.param_groups(), lr=lr, betas=o.betas, weight_decay=o.weight_decay,
+                    fused=str(tr.precision) != "16-mixed")
         per_epoch = math.ceil(tr.datamodule.batches_per_epoch() / tr.accumulate_grad_batches) \
             if tr.datamodule is not None else 0
         total = tr.max_steps if tr.max_steps > 0 else per_epoch * max(1, tr.max_epochs or 1)
@@ -235,7 +232,7 @@ def build_task(cfg: PretrainConfig) -> MAEPretrainTask:
     return MAEPretrainTask(model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides),
                            checkpoint=cfg.model.checkpoint, mask_ratio=cfg.model.mask_ratio,
                            optim=to_dict(cfg.optim), exclude_nodata=cfg.data.exclude_nodata,
-                           seed=cfg.trainer.seed, compile=cfg.trainer.compile)
+                           seed=cfg.trainer.seed, compile=cfg.trainer.compile if cfg.trainer.strategy != "fsdp" else False)
 
 
 def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
@@ -254,7 +251,9 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
 
     from geofm.io import check_output_dir
     from geofm.models.checkpoints import load_torch_file
+    from geofm.runtime import tune_cpu_allocator
 
+    tune_cpu_allocator()  # as geofm.train_step and the other entry points
     prepare_store(cfg)
     mopts = model_options(cfg)
     check_config(cfg)

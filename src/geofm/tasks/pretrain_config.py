@@ -60,7 +60,7 @@ class TrainerSection:
     accelerator: str = "auto"  # cpu, gpu, auto
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     precision: str = "32"  # "32", "bf16-mixed" or "16-mixed"
-    compile: bool = False  # torch.compile the model
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: where measured to win (geofm.training)
     deterministic: bool = False
     seed: int = 0
     checkpoint_every: int = 100  # optimizer steps between checkpoints (last + best by val loss)
@@ -162,7 +162,7 @@ def check_config(cfg: PretrainConfig) -> dict[str, Any]:
     check_accelerator(t.accelerator)
     if t.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {t.precision!r}")
-    if t.strategy == "fsdp" and t.compile:
+    if t.strategy == "fsdp" and t.compile is True:
         raise ConfigError("trainer.compile with trainer.strategy=fsdp is not supported here; use one of them")
     return attrs or {}
 
