@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import sys
 
@@ -57,3 +58,12 @@ def test_subcommand_help_imports_no_heavy_module():
             "print([m for m in ('torch', 'lightning') if m in sys.modules])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+def test_engine_logs_stay_quiet_after_lightning_is_imported():
+    """Lightning resets its loggers to INFO on import (after the CLI's set-up); the trainer builders re-apply it."""
+    code = ("import logging; from geofm.runtime import quiet_engine_logs; quiet_engine_logs(logging.WARNING); "
+            "import lightning.pytorch; reset = logging.getLogger('lightning.pytorch').level; quiet_engine_logs(); "
+            "print(reset, logging.getLogger('lightning.pytorch.utilities.rank_zero').getEffectiveLevel())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == [str(logging.INFO), str(logging.WARNING)]

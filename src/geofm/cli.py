@@ -30,9 +30,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
                             "score a gap filler vs linear / nearest interpolation on fixed real cloud masks"),
 }
 
-#: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).
-NOISY_LOGGERS = ("distributed", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
-
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``geofm`` parser; only ``command``'s module is imported to add its arguments.
@@ -66,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:  # engines that configure their own INFO handlers: keep their chatter for -vv
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        from geofm.runtime import quiet_engine_logs
+
+        quiet_engine_logs(max(level, logging.WARNING))
         # distributed sets its loggers' levels from its config when first imported (later, lazily)
         os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
     if args.command is None:

@@ -12,6 +12,10 @@ import sys
 
 log = logging.getLogger(__name__)
 
+#: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).
+NOISY_LOGGERS = ("distributed", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+_ENGINE_LOG_LEVEL: int | None = None
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _TUNED = False
@@ -64,3 +68,19 @@ def check_accelerator(accelerator: str, option: str = "trainer.accelerator") -> 
         raise ConfigError(f"{option}={accelerator}: {why}; use {option}=cpu (or auto)")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"{option}=mps: MPS is not available here; use {option}=cpu (or auto)")
+
+
+def quiet_engine_logs(level: int | None = None) -> None:
+    """Hold the engines' loggers (:data:`NOISY_LOGGERS`) at ``level``, which the CLI sets once.
+
+    Called without a level, re-applies the CLI's choice (a no-op outside the CLI): Lightning
+    sets its loggers to INFO when it is first imported, which the CLI's lazy imports put after
+    its own set-up, so the trainer builders call this again once Lightning is loaded.
+    """
+    global _ENGINE_LOG_LEVEL
+    if level is not None:
+        _ENGINE_LOG_LEVEL = level
+    if _ENGINE_LOG_LEVEL is None:
+        return
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(_ENGINE_LOG_LEVEL)

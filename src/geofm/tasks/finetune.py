@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from geofm.config import load_config, save_config, to_dict
 from geofm.errors import ConfigError
+from geofm.runtime import quiet_engine_logs
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,7 @@ def make_trainer(cfg: FinetuneConfig, run_dir: Path, monitor: str | None = None)
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = int(t.limit_train_batches) if t.limit_train_batches >= 1 else \
             t.limit_train_batches
+    quiet_engine_logs()  # Lightning reset its loggers to INFO when imported
     return pl.Trainer(default_root_dir=run_dir, max_epochs=t.max_epochs, accelerator=t.accelerator,
                       devices=t.devices, strategy=make_strategy(t.strategy), precision=t.precision,
                       log_every_n_steps=t.log_every_n_steps,

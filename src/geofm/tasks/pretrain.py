@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback
 from geofm.config import save_config, to_dict
 from geofm.data.datamodule import ChipDataModule, ChipLoader, DataSection, split_slots
 from geofm.errors import ConfigError, DataError
+from geofm.runtime import quiet_engine_logs
 from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
 from geofm.tasks.distributed import CPUFSDPStrategy, SafeCheckpointIO, make_strategy
 from geofm.training import adamw, clip_gradients, compile_module, decay_groups, resolve_compile
@@ -214,6 +215,7 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callba
     cbs.extend(callbacks)
     # one version_N folder per session: a resumed run adds version_1, ... and keeps the earlier logs
     loggers = [CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")]
+    quiet_engine_logs()  # Lightning reset its loggers to INFO when imported
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=make_strategy(cfg.trainer.strategy),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_epochs else -1,
