@@ -478,6 +478,8 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     nx, ny = tx.count, ty.count
     width_p = W + tx.pad_before + tx.pad_after
     total = nx * ny
+    if nodata_fill is not None and len(nodata_fill) != len(mean):
+        raise ConfigError(f"nodata_fill has {len(nodata_fill)} values, expected one per band ({len(mean)})")
     opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, block=block, mean=list(mean), std=list(std),
                 pass_hidden=pass_hidden, cloud_bits=list(cloud_bits), run_id=run_id,
                 nodata_fill=None if nodata_fill is None else [float(v) for v in nodata_fill])
@@ -498,8 +500,6 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     # GDAL's block cache (default 5 % of RAM) would keep every decoded block of the scene (0.5 GB
     # for a 3-frame HLS tile); capped, a block shared by two strips is at worst decoded twice.
     env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) << 20)
-    if nodata_fill is not None and len(nodata_fill) != len(mean):
-        raise ConfigError(f"nodata_fill has {len(nodata_fill)} values, expected one per band ({len(mean)})")
     reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits, nodata_fill)
     expected = {k: nx for k in range(k_start, ny)}
     if k_start < ny:
