@@ -181,7 +181,9 @@ class Linear(nn.Linear):
         if cache is None or cache[0] != key:
             with torch.no_grad():
                 cast = (w.to(dtype), None if self.bias is None else self.bias.to(dtype))
-            cache = (key, cast)
+            # the source tensors are held with the copy: their storage cannot be freed and its
+            # address reused by another weight (same data_ptr, version 0) while the key is cached
+            cache = (key, cast, (w.detach(), None if self.bias is None else self.bias.detach()))
             self.__dict__["_cast_cache"] = cache
         weight, bias = cache[1]
         return F.linear(x.to(dtype), weight, bias)
