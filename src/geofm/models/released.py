@@ -219,8 +219,6 @@ def _v1_preprocessing(env: dict[str, Any], cfg: HLSFoundationConfig, source: str
     fill = [(nodata_value * scale - m) / s for m, s in zip(mean, std)]
     bands = steps.get("BandsExtract", {}).get("bands")
     extracted = [int(b) for b in bands] if isinstance(bands, list) else list(range(c * t))
-    if len(extracted) == c:  # one band list for every frame of a one-frame model
-        extracted = extracted * t if t == 1 else extracted
     if len(extracted) != c * t:
         raise CheckpointError(f"'{source}': BandsExtract gives {len(extracted)} bands, the model takes {c} x {t}")
     stacked = [[b + 1 for b in extracted[i * c:(i + 1) * c]] for i in range(t)]
