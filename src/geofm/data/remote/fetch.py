@@ -372,6 +372,10 @@ def download_one(d: Download, source, retries: int = 8, backoff: float = 0.5,
             part.unlink(missing_ok=True)  # never leave a login page where a .tif is expected
             raise
         except transient as e:
+            if isinstance(e, requests.ConnectionError) and e.args and \
+                    isinstance(e.args[0], urllib3.exceptions.MaxRetryError):
+                # the session already retried the connection with backoff: do not multiply its retries
+                raise RemoteError(f"'{d.path.name}': {e}") from e
             attempt += 1
             if attempt > retries:
                 raise RemoteError(f"'{d.path.name}': gave up after {retries} retries: {e}") from e
