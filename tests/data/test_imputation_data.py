@@ -114,3 +114,22 @@ def test_mask_fitted_to_a_series_is_deterministic():
     small = bank.placed(0, 50, 90)  # smaller: tiled
     assert small.shape == (50, 90) and np.array_equal(small[:40, :40], m)
     assert np.array_equal(small[:10, 40:50], m[:10, :10])
+
+
+def test_series_dates_must_share_crs_and_transform(tmp_path):
+    """Dates of one size but another place are refused, not trained on as if aligned."""
+    from rasterio.transform import from_origin
+
+    from geofm.data.hls import stacked_frame
+    from geofm.data.series import Series
+
+    paths = []
+    for i, x0 in enumerate((500000.0, 500300.0)):  # the second date 10 px further east
+        p = tmp_path / f"d{i}.tif"
+        with rasterio.open(p, "w", driver="GTiff", width=8, height=8, count=6, dtype="int16", crs="EPSG:32610",
+                           transform=from_origin(x0, 4200000.0, 30, 30), nodata=-9999) as dst:
+            dst.write(np.full((6, 8, 8), 1000, np.int16))
+        paths.append(str(p))
+    with pytest.raises(DataError, match="d1.tif' is not on the grid of"):
+        Series.of("s", [stacked_frame(p) for p in paths])
+    assert Series.of("s", [stacked_frame(paths[0])] * 2).height == 8

@@ -109,11 +109,13 @@ class Series:
             raise DataError(f"fmask kind must be one of {FMASK_KINDS}, got {fmask_kind!r}")
         if not frames:
             raise DataError(f"series '{name}' has no frames")
-        sizes = []
+        sizes, places = [], []
         for f in frames:
             for p in sorted({p for p, _ in f.sources} | ({f.fmask[0]} if f.fmask else set())):
                 with open_raster(p) as src:
                     sizes.append((src.height, src.width, p))
+                    if src.crs is not None:  # georeferenced files must also share CRS and transform
+                        places.append((src.crs.to_wkt(), tuple(src.transform)[:6], p))
                     if f.nodata is None and src.nodata is not None and p == f.sources[0][0]:
                         f.nodata = src.nodata
         if len({s[:2] for s in sizes}) != 1:
@@ -121,6 +123,11 @@ class Series:
             bad = next(s for s in sizes if s[:2] != (h, w))
             raise DataError(f"series '{name}': '{bad[2]}' is {bad[1]}x{bad[0]} px, '{p}' is {w}x{h}: "
                             "expected every frame on one grid")
+        bad_place = next((q for q in places if q[0] != places[0][0] or
+                          not np.allclose(q[1], places[0][1], atol=1e-6)), None)
+        if bad_place is not None:
+            raise DataError(f"series '{name}': '{bad_place[2]}' is not on the grid of '{places[0][2]}' "
+                            "(CRS or transform differ): expected every frame on one grid")
         for f in frames:
             if f.nodata is None:
                 f.nodata = HLS_NODATA
