@@ -169,6 +169,8 @@ def test_config_errors(tmp_path):
         load_finetune_config(CONFIGS / "tiny_flood.yaml", ["optim.loss=l1"])
     with pytest.raises(ConfigError, match="expected one of"):
         load_finetune_config(CONFIGS / "tiny_flood.yaml", ["optim.strategy=partial"])
+    with pytest.raises(ConfigError, match="'ddp' is not supported for task 'imputation'"):
+        load_finetune_config(CONFIGS / "tiny_imputation.yaml", ["trainer.strategy=ddp"])
     cfg = load_finetune_config(CONFIGS / "tiny_flood.yaml", [f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="run the fit stage first"):
         run_finetune(cfg, "test")
