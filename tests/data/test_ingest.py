@@ -233,3 +233,42 @@ def test_tasks_align_strips_with_file_blocks(tmp_path):
     assert plan["n_rows"] == 8 and plan["shard"] == 8
     plan, _ = ingest.plan_ingest(frames, ingest.IngestConfig(chip_size=100))  # lcm(100, 256) = 6400: no fit
     assert all(t["nrows"] == 1 for t in plan["tasks"]) and len(plan["tasks"]) == 18
+
+
+def test_band_stats_are_exact_integer_sums():
+    """Per-chip band mean/std equal int64 arithmetic bit for bit, masked or not, at the int16 extremes."""
+    rng = np.random.default_rng(3)
+    for low, high in [(-100, 9000), (-32768, 32768)]:
+        chip = rng.integers(low, high, (3, 6, 64, 48)).astype(np.int16)
+        for valid in (np.ones((3, 64, 48), bool), rng.random((3, 64, 48)) > 0.3):
+            x = np.where(valid[:, None], chip, 0).astype(np.int64).transpose(1, 0, 2, 3).reshape(6, -1)
+            n = int(valid.sum())
+            mean = x.sum(1).astype(np.float64) / n
+            std = np.sqrt(np.maximum((x * x).sum(1).astype(np.float64) / n - mean * mean, 0.0))
+            got_mean, got_std = ingest._band_stats(chip, valid)
+            np.testing.assert_array_equal(got_mean, mean)
+            np.testing.assert_array_equal(got_std, std)
+    m, s = ingest._band_stats(chip, np.zeros((3, 64, 48), bool))
+    assert np.isnan(m).all() and np.isnan(s).all()
+
+
+def test_decode_threads_follow_the_cores_a_task_has(hls_series, tmp_path):
+    """Tasks sharing the cores decode with fewer threads (no contention); the store is the same bytes."""
+    from dask.distributed import Client, LocalCluster
+
+    assert ingest.decode_threads_per_task(2, 2) == 1 and ingest.decode_threads_per_task(16, 4) == 4
+    assert ingest.decode_threads_per_task(1, 3) == 1
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert ingest._cluster_decode_threads(client) == max(1, ingest._cpus() // 2)
+    d, _ = hls_series
+    cfg = ingest.IngestConfig(chip_size=32, max_cloud=1.0)
+    plan, _ = ingest.plan_ingest(ingest.discover_frames(ingest.expand_inputs([str(d)]), cfg)[0], cfg)
+    shards = []
+    for threads in (1, 3):
+        out = tmp_path / f"t{threads}"
+        ingest.ingest([str(d)], str(out), cfg, scheduler="sync", max_tasks=0)  # creates the empty store
+        ingest.run_task(str(out), None, plan, 0, threads)
+        files = sorted(p for p in (out / "chips" / "c").rglob("*") if p.is_file())
+        shards.append({p.relative_to(out): p.read_bytes() for p in files})
+    assert shards[0] and shards[0] == shards[1]
