@@ -88,6 +88,17 @@ def test_compile_resolution_and_eager_fallback(monkeypatch):
 
     with pytest.raises(ValueError, match="bad input"):  # errors of the function itself are not swallowed
         training.CompiledOrEager(bad_input)(1)
+    # an error of the model that dynamo wraps in its own type: the eager rerun raises the model's
+    # error, and compilation is not given up for it
+    model_error = training.CompiledOrEager(bad_input)
+
+    def wrapped_by_dynamo(v):
+        raise torch._dynamo.exc.TorchRuntimeError(f"Dynamo failed to run FX node: bad input {v}")
+
+    model_error.compiled = wrapped_by_dynamo
+    with pytest.raises(ValueError, match="bad input 2"):
+        model_error(2)
+    assert not model_error.failed
 
 
 def test_clip_gradients_by_norm_and_value():

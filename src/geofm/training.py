@@ -131,7 +131,12 @@ def resolve_compile(compile: bool | str | None, device_type: str) -> bool:
 
 class CompiledOrEager:
     """Calls ``torch.compile(fn)``; if compiling fails (no compiler, unsupported op), logs it once and
-    runs ``fn`` eagerly from then on. Exceptions raised by ``fn`` itself pass through unchanged."""
+    runs ``fn`` eagerly from then on. Exceptions raised by ``fn`` itself pass through unchanged.
+
+    Dynamo also wraps errors of the traced code itself (a shape mismatch in the model) in its own
+    exception types, so after a compile-side error the call is repeated eagerly: if ``fn`` fails
+    there too, that error is the model's and is raised, and compilation stays on.
+    """
 
     def __init__(self, fn: Callable, **compile_kwargs):
         self.fn = fn
@@ -139,13 +144,15 @@ class CompiledOrEager:
         self.failed = False
 
     def __call__(self, *args, **kwargs):
-        if not self.failed:
-            try:
-                return self.compiled(*args, **kwargs)
-            except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError, OSError) as e:
-                log.warning("torch.compile failed, running eagerly: %s", str(e).splitlines()[0] if str(e) else e)
-                self.failed = True
-        return self.fn(*args, **kwargs)
+        if self.failed:
+            return self.fn(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError, OSError) as e:
+            out = self.fn(*args, **kwargs)  # raises here if the error is the model's own
+            log.warning("torch.compile failed, running eagerly: %s", str(e).splitlines()[0] if str(e) else e)
+            self.failed = True
+            return out
 
 
 def compile_module(module: nn.Module) -> None:
