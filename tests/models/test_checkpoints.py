@@ -123,7 +123,7 @@ def test_strict_loading_reports_missing_unexpected_and_shapes(ref, tmp_path):
         create_model("prithvi_tiny", checkpoint=path)
     create_model("prithvi_tiny", checkpoint=path, strict=False)  # tolerated when not strict
 
-    with pytest.raises(CheckpointError, match=r"encoder.blocks.0.mlp.fc1.weight: checkpoint \(256, 64\) vs model"):
+    with pytest.raises(CheckpointError, match=r"encoder.blocks.0.mlp.fc1.weight: file \(256, 64\) vs model"):
         create_model("prithvi_tiny", checkpoint=tmp_path / "enc.pt", mlp_ratio=2.0, strict=False)
 
 

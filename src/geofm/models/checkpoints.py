@@ -269,8 +269,12 @@ def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- reading
-def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
-    """Load weights (and configuration, when the source carries one) from any supported layout."""
+def read_checkpoint(source: str | os.PathLike, *, preloaded: Any = None) -> Checkpoint:
+    """Load weights (and configuration, when the source carries one) from any supported layout.
+
+    ``preloaded``: the torch file's object as :func:`load_torch_file` returned it, when the caller
+    has read it already (it is not read again).
+    """
     path = resolve_path(source)
     config = None
     cfg_file = path.parent / "config.json"
@@ -284,7 +288,7 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
         except Exception as e:
             raise CheckpointError(f"cannot read safetensors file '{path}': {e}") from e
     else:
-        raw = load_torch_file(path)
+        raw = load_torch_file(path) if preloaded is None else preloaded
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         hp = raw.get("hyper_parameters") or {}
         if config is None and isinstance(hp, dict) and isinstance(hp.get("model_config"), dict):
@@ -360,17 +364,16 @@ def load_into(model: PrithviMAE, state_dict: dict[str, torch.Tensor], *, strict:
                 continue  # reported as a shape mismatch below
             log.info("interpolating %s from grid %s to %s", key, src, grid_of)
             sd[key] = interpolate_pos_embed(sd[key], src, grid_of)
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in sd.items() if k in own and v.shape != own[k].shape]
-    missing = [k for k in own if k not in sd and not (encoder_only and k.startswith("decoder."))]
-    unexpected = [k for k in sd if k not in own]
+    missing, unexpected, mismatched = key_problems(own, sd)
+    if encoder_only:
+        missing = [k for k in missing if not k.startswith("decoder.")]
     problems = []
     if mismatched:
         problems.append("shape mismatches:\n  " + "\n  ".join(mismatched))
     if missing:
-        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
+        problems.append(f"missing keys ({len(missing)}): {group_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        problems.append(f"unexpected keys ({len(unexpected)}): {group_keys(unexpected)}")
     if problems and (strict or mismatched):
         hint = " (pass encoder_only=True to load an encoder-only checkpoint)" if any(
             k.startswith("decoder.") for k in missing) else ""
@@ -380,7 +383,7 @@ def load_into(model: PrithviMAE, state_dict: dict[str, torch.Tensor], *, strict:
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
-def _short(keys: list[str], n: int = 12) -> str:
+def group_keys(keys: list[str], n: int = 12) -> str:
     """Key list grouped by module: ``decoder.decoder_blocks.* (24), decoder.mask_token``."""
     groups: dict[str, list[str]] = {}
     for k in keys:
@@ -389,6 +392,30 @@ def _short(keys: list[str], n: int = 12) -> str:
     items = [g if len(ks) == 1 and ks[0] == g else (ks[0] if len(ks) == 1 else f"{g}.* ({len(ks)})")
              for g, ks in groups.items()]
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n} groups)" if len(items) > n else "")
+
+
+def key_problems(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, shape mismatches)`` of state dict ``sd`` against a model's ``own``."""
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+              if k in own and v.shape != own[k].shape]
+    return missing, unexpected, shapes
+
+
+def check_keys(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], what: str) -> None:
+    """:class:`CheckpointError` ``"{what}: missing key groups: ...; unexpected ...; shape mismatches ..."``
+    unless ``sd`` has exactly the keys and shapes of ``own``."""
+    missing, unexpected, shapes = key_problems(own, sd)
+    parts = []
+    if missing:
+        parts.append(f"missing key groups: {group_keys(missing, 10)}")
+    if unexpected:
+        parts.append(f"unexpected key groups: {group_keys(unexpected, 10)}")
+    if shapes:
+        parts.append("shape mismatches: " + "; ".join(shapes[:6]) + (" ..." if len(shapes) > 6 else ""))
+    if parts:
+        raise CheckpointError(f"{what}: " + "; ".join(parts))
 
 
 def guess_grid(n_tokens: int, model_grid: tuple[int, int, int], patch: tuple[int, int, int]) -> tuple | None:

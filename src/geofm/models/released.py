@@ -32,7 +32,8 @@ from torch import nn
 from geofm.bands import HLS_NODATA, MODEL_BANDS, norm_stats
 from geofm.errors import CheckpointError
 from geofm.io import atomic_path
-from geofm.models.checkpoints import UNKNOWN, load_torch_file, read_python_config, read_yaml_config
+from geofm.models.checkpoints import (UNKNOWN, check_keys, group_keys, load_torch_file, read_python_config,
+                                     read_yaml_config)
 from geofm.models.hls_foundation import HLSFoundationConfig, HLSFoundationSegmenter
 from geofm.models.segmentation import FinetunedInfo
 from geofm.models.terratorch_prithvi import TerraTorchConfig, TerraTorchSegmenter, adapt_keys
@@ -91,40 +92,18 @@ def find_layout(path: str | os.PathLike) -> tuple[str, dict[str, Path]]:
 
 
 # --------------------------------------------------------------------------- key checks
-def _groups(keys: list[str], depth: int = 2) -> str:
-    groups: dict[str, int] = {}
-    for k in keys:
-        g = ".".join(k.split(".")[:depth])
-        groups[g] = groups.get(g, 0) + 1
-    items = [f"{g}.* ({n})" if n > 1 else g for g, n in groups.items()]
-    return ", ".join(items[:10]) + (f", ... (+{len(items) - 10} groups)" if len(items) > 10 else "")
-
-
 def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], layout: str, source: str) -> None:
     """Load ``sd`` into ``model``; any missing/unexpected key or shape mismatch raises, grouped by module.
 
     The tensors of ``sd`` become the model's (``assign``): build ``model`` on the meta device
     (:func:`_empty`) so that the weights exist once in memory, not twice.
     """
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
-              if k in own and v.shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing key groups: {_groups(missing)}")
-        if unexpected:
-            parts.append(f"unexpected key groups: {_groups(unexpected)}")
-        if shapes:
-            parts.append("shape mismatches: " + "; ".join(shapes[:6]) + (" ..." if len(shapes) > 6 else ""))
-        raise CheckpointError(f"'{source}' (read as layout '{layout}') does not fit the model its config describes: "
-                              + "; ".join(parts))
+    check_keys(model.state_dict(), sd,
+               f"'{source}' (read as layout '{layout}') does not fit the model its config describes")
     model.load_state_dict(sd, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        raise CheckpointError(f"'{source}': no values for {_groups(left)}")
+        raise CheckpointError(f"'{source}': no values for {group_keys(left, 10)}")
     for m in model.modules():  # pos-embedding caches built on the meta device
         if isinstance(getattr(m, "_pos_cache", None), dict):
             m._pos_cache.clear()
@@ -279,8 +258,8 @@ def _v2_preprocessing(data: dict[str, Any], cfg: TerraTorchConfig, bands: list |
             "stacked_bands": [stacked], "bands": out}  # the same bands in every frame's file
 
 
-def _load_v2(files: dict[str, Path]) -> tuple[nn.Module, FinetunedInfo]:
-    raw = load_torch_file(files["weights"])
+def _load_v2(files: dict[str, Path], preloaded: Any = None) -> tuple[nn.Module, FinetunedInfo]:
+    raw = load_torch_file(files["weights"]) if preloaded is None else preloaded
     source = str(files.get("config") or files["weights"])
     yaml_cfg = read_yaml_config(files["config"]) if "config" in files else {}
     model_args = ((yaml_cfg.get("model") or {}).get("init_args") or {}).get("model_args")
@@ -367,8 +346,12 @@ def _load_export(files: dict[str, Path], raw: dict[str, Any]) -> tuple[nn.Module
     return model, info
 
 
-def load_released(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
-    """Load a released fine-tune (any layout of the module docstring) in eval mode, with its preprocessing."""
+def load_released(path: str | os.PathLike, *, preloaded: Any = None) -> tuple[nn.Module, FinetunedInfo]:
+    """Load a released fine-tune (any layout of the module docstring) in eval mode, with its preprocessing.
+
+    ``preloaded``: the TerraTorch weights file as :func:`~geofm.models.checkpoints.load_torch_file`
+    returned it, when the caller has read it already (it is not read again).
+    """
     layout, files = find_layout(path)
     if layout == "geofm":
         raw = json.loads(files["config"].read_text())
@@ -379,7 +362,7 @@ def load_released(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
     elif layout == "hls_foundation":
         model, info = _load_v1(files)
     else:
-        model, info = _load_v2(files)
+        model, info = _load_v2(files, preloaded)
     model.eval()
     log.info("loaded %s (%s layout): %d classes, %d frame(s) x %d bands", path, info.layout, info.num_classes,
              info.num_frames, info.in_chans)

@@ -235,14 +235,9 @@ def _load_checked(model: nn.Module, weights: Path, cfg_file: Path) -> None:
         sd = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"cannot read safetensors file '{weights}': {e}") from e
-    own = model.state_dict()
-    problems = [f"missing {k}" for k in own if k not in sd] + [f"unexpected {k}" for k in sd if k not in own]
-    problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
-                 if k in own and v.shape != own[k].shape]
-    if problems:
-        more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
-        raise CheckpointError(f"'{weights}' does not fit the model described by '{cfg_file}': "
-                              + "; ".join(problems[:8]) + more)
+    from geofm.models.checkpoints import check_keys
+
+    check_keys(model.state_dict(), sd, f"'{weights}' does not fit the model described by '{cfg_file}'")
     model.load_state_dict(sd)
 
 
