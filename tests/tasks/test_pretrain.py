@@ -161,7 +161,8 @@ def _batches(path: Path) -> list[list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("accumulate, steps, workers", [(1, 8, 0), (2, 6, 2)])
-def test_killed_and_resumed_run_ends_bitwise_identical(tiny_overrides, tmp_path, accumulate, steps, workers):
+def test_killed_and_resumed_run_ends_bitwise_identical(tiny_overrides, tmp_path, accumulate, steps, workers,
+                                                       monkeypatch):
     """N steps straight == SIGKILL after the checkpoint at N/2, then resume; also the same chips, in order."""
     script = tmp_path / "resume_run.py"
     script.write_text(RESUME_SCRIPT)
@@ -177,7 +178,13 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tiny_overrides, tmp_path,
     assert proc.returncode == -9, proc.stderr[-3000:]  # killed by SIGKILL, mid-run
     assert not (killed / "export").exists()
     cfg = load_pretrain_config(None, tiny_overrides(killed, extra))  # trainer.resume=auto picks last.ckpt
+    from geofm.models import checkpoints
+
+    reads = []
+    real_load = checkpoints.load_torch_file
+    monkeypatch.setattr(checkpoints, "load_torch_file", lambda p: reads.append(str(p)) or real_load(p))
     run_pretrain(cfg, [ns["Recorder"](tmp_path / "c.jsonl")])
+    assert reads == [str(killed / "checkpoints" / "last.ckpt")]  # checked before the run, then handed to Lightning
     a, b, c = (_batches(tmp_path / f"{x}.jsonl") for x in "abc")
     assert len(a) == steps * accumulate - (1 if accumulate == 2 else 0) or len(a) >= steps
     assert b + c == a  # the resumed run saw exactly the chips the killed one had not, in the same order

@@ -13,9 +13,10 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from geofm.training import adamw, clip_gradients, decay_groups
+from geofm.tasks.distributed import clip_gradients_for
+from geofm.tasks.finetune import STRATEGIES
+from geofm.training import adamw, decay_groups
 
-STRATEGIES = ("full", "frozen", "scratch")
 
 
 def build_mae(name: str | None, checkpoint: str | None, strategy: str, encoder_only: bool = False, **options):
@@ -87,10 +88,7 @@ class FinetuneModule(pl.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)  # fused AdamW: clip here
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip_gradients_for(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         # the AdamW of geofm.training (fused kernel; no decay on biases, norms, tokens); betas as torch's default

@@ -11,6 +11,7 @@ the environment says about torch's ``weights_only`` default.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -19,12 +20,42 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, reading through geofm's safe reader (never unpickles code)."""
+    """Lightning's checkpoint IO, reading through geofm's safe reader (never unpickles code).
+
+    ``preloaded`` = (path, object): a checkpoint the caller has read already (to refuse a bad one
+    before anything is written); the first read of that path gets it instead of a second unpickling.
+    """
+
+    def __init__(self, preloaded: tuple[str, object] | None = None):
+        super().__init__()
+        self._preloaded = preloaded
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         from geofm.models.checkpoints import load_torch_file
 
+        if self._preloaded is not None and os.path.abspath(path) == os.path.abspath(self._preloaded[0]):
+            obj, self._preloaded = self._preloaded[1], None
+            return obj
         return load_torch_file(path)
+
+
+def clip_gradients_for(module, optimizer, value: float | None, algorithm: str | None) -> None:
+    """``configure_gradient_clipping`` of geofm's tasks: under FSDP its own sharded ``clip_grad_norm_``;
+    without a GradScaler geofm's clip (the gradients are final after backward, and Lightning's own
+    clipping refuses the fused AdamW); with one (fp16) Lightning's, which unscales first."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from geofm.training import clip_gradients
+
+    if not value:
+        return
+    wrapped = module.trainer.strategy.model
+    if isinstance(wrapped, FullyShardedDataParallel):
+        wrapped.clip_grad_norm_(value)
+    elif getattr(module.trainer.precision_plugin, "scaler", None) is None:
+        clip_gradients(optimizer, value, algorithm)
+    else:
+        module.clip_gradients(optimizer, value, algorithm)
 
 
 def make_strategy(name: str):

@@ -33,8 +33,8 @@ from geofm.data.datamodule import ChipDataModule, ChipLoader, DataSection, split
 from geofm.errors import ConfigError, DataError
 from geofm.runtime import quiet_engine_logs
 from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
-from geofm.tasks.distributed import CPUFSDPStrategy, SafeCheckpointIO, make_strategy
-from geofm.training import adamw, clip_gradients, compile_module, decay_groups, resolve_compile
+from geofm.tasks.distributed import CPUFSDPStrategy, SafeCheckpointIO, clip_gradients_for, make_strategy
+from geofm.training import adamw, compile_module, decay_groups, resolve_compile
 from geofm.tasks.pretrain_config import (
     PRECISIONS,
     ModelSection,
@@ -139,17 +139,8 @@ class MAEPretrainTask(pl.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip by global norm; under FSDP with FSDP's own (sharded) ``clip_grad_norm_``."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        wrapped = self.trainer.strategy.model
-        if gradient_clip_val and isinstance(wrapped, FullyShardedDataParallel):
-            wrapped.clip_grad_norm_(gradient_clip_val)
-        elif gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            # no GradScaler: the gradients are final, clip them here (Lightning refuses a fused AdamW)
-            clip_gradients(optimizer, gradient_clip_val)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        """Clip by global norm (see :func:`geofm.tasks.distributed.clip_gradients_for`)."""
+        clip_gradients_for(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def param_groups(self) -> list[dict]:
         """AdamW groups: weight decay on matrices only (not biases, norms, tokens, embeddings)."""
@@ -192,7 +183,8 @@ def resolve_resume(cfg: PretrainConfig, run_dir: Path) -> str | None:
     return r
 
 
-def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> pl.Trainer:
+def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callback] = (),
+                  preloaded: tuple[str, object] | None = None) -> pl.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -226,7 +218,7 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, callbacks: Sequence[Callba
         num_sanity_val_steps=0, log_every_n_steps=t.log_every, callbacks=cbs, logger=loggers,
         enable_progress_bar=t.progress_bar, deterministic=t.deterministic, default_root_dir=run_dir,
         reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False, enable_model_summary=False,
-        plugins=[SafeCheckpointIO()],
+        plugins=[SafeCheckpointIO(preloaded)],
     )
 
 
@@ -262,11 +254,12 @@ def run_pretrain(cfg: PretrainConfig, callbacks: Sequence[Callback] = (),
     run_dir = Path(cfg.out_dir)
     check_output_dir(run_dir, "out_dir")
     ckpt_path = resolve_resume(cfg, run_dir)
-    if ckpt_path is not None:  # a refused checkpoint fails here, before the run folder changes
-        load_torch_file(ckpt_path)
+    # a refused checkpoint fails here, before the run folder changes; Lightning's resume gets this read
+    preloaded = (ckpt_path, load_torch_file(ckpt_path)) if ckpt_path is not None else None
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    trainer = build_trainer(cfg, run_dir, callbacks, preloaded)
+    del preloaded  # the Trainer's checkpoint IO holds it until the resume takes it
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
     dm = datamodule or ChipDataModule(cfg.data, normalize=cfg.data.normalize or mopts["norm_stats"],
