@@ -26,6 +26,7 @@ import numpy as np
 from geofm.errors import ConfigError
 from geofm.io import atomic_path
 from geofm.tasks.finetune import (
+    STRATEGIES,
     load_finetune_config,
     main_metric,
     read_epoch_metrics,
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def check_grid(strategies: Sequence[str], fractions: Sequence[float], seeds: int) -> None:
     """:class:`ConfigError` for an unknown or repeated strategy, a fraction outside (0, 1], seeds < 1."""
-    known = ("full", "frozen", "scratch")
+    known = STRATEGIES
     if not strategies:
         raise ConfigError(f"--strategies is empty; choose from {', '.join(known)}")
     unknown = [s for s in strategies if s not in known]
@@ -59,14 +60,15 @@ def run_key(strategy: str, fraction: float, seed: int) -> str:
     return f"{strategy}/frac{fraction:g}/seed{seed}"
 
 
-def run_experiment(config: str | Path, strategies: Sequence[str] = ("full", "frozen", "scratch"),
+def run_experiment(config: str | Path, strategies: Sequence[str] = STRATEGIES,
                    fractions: Sequence[float] = (1.0, 0.5, 0.25, 0.1), seeds: int = 3,
                    overrides: Sequence[str] = (), out_dir: str | Path | None = None,
                    progress=None) -> dict[str, Path]:
     """Run (or resume) the grid; returns the paths of ``results.csv``, ``data_efficiency.png``, ``curves.png``.
 
     The whole grid is checked first (strategy names, fractions, every run's config, the output
-    folder): a typo fails before any run trains, not after the earlier ones did.
+    folder): a typo fails before any run trains, not after the earlier ones did. ``progress(done,
+    total, row)`` is called with ``(0, total, None)`` once the grid is checked, then after each run.
     """
     from geofm.io import check_output_dir
 
@@ -80,6 +82,8 @@ def run_experiment(config: str | Path, strategies: Sequence[str] = ("full", "fro
                                              f"seed={seed}", f"run_dir={out / run_key(strategy, fraction, seed)}"])
                for strategy, fraction, seed in grid]
     out.mkdir(parents=True, exist_ok=True)
+    if progress is not None:
+        progress(0, len(grid), None)  # the grid is checked: the runs start
     rows = []
     for n, ((strategy, fraction, seed), cfg) in enumerate(zip(grid, configs)):
         metrics_file = run_dir_of(cfg) / "metrics.json"
@@ -204,15 +208,18 @@ def run(args: argparse.Namespace) -> int:
         fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]
     except ValueError:
         raise ConfigError(f"--label-fractions expects comma-separated numbers, got {args.label_fractions!r}") from None
-    check_grid(strategies, fractions, args.seeds)
-    bar = progress_bar(total=len(strategies) * len(fractions) * args.seeds, desc="runs", unit="run")
+    bars = []  # made once run_experiment has checked the whole grid: a refused grid prints no bar
 
     def progress(done, total, row):
-        bar.update(1)
-        bar.set_postfix_str(f"{row['strategy']} {row['label_fraction']:g} seed {row['seed']}")
+        if not bars:
+            bars.append(progress_bar(total=total, desc="runs", unit="run"))
+        if row is not None:
+            bars[0].update(1)
+            bars[0].set_postfix_str(f"{row['strategy']} {row['label_fraction']:g} seed {row['seed']}")
 
     paths = run_experiment(args.config, strategies, fractions, args.seeds, args.overrides, args.out, progress)
-    bar.close()
+    if bars:
+        bars[0].close()
     for k, p in paths.items():
         print(f"{k}: {p}")
     return 0

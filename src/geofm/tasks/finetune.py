@@ -21,6 +21,7 @@ import glob
 import json
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,9 @@ from typing import Any, Literal
 from geofm.config import load_config, save_config, to_dict
 from geofm.errors import ConfigError
 from geofm.runtime import quiet_engine_logs
+
+Strategy = Literal["full", "frozen", "scratch"]  # fine-tune all, train only the new layers, random init
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ class ModelSection:
 
 @dataclass
 class OptimSection:
-    strategy: Literal["full", "frozen", "scratch"] = "full"
+    strategy: Strategy = "full"
     loss: Literal["ce", "dice", "ce+dice", "l1", "l2"] = "ce"
     class_weights: list[float] | None = None
     lr: float = 1e-4
