@@ -48,8 +48,7 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
 
     from geofm.data.datasets.imputation import FixedGaps
     from geofm.models.segmentation import load_finetuned
-    from geofm.tasks.imputation import score_batch
-    from geofm.tasks.metrics import ScoreSums, nearest_clear_frame, temporal_linear
+    from geofm.tasks.metrics import ScoreSums
 
     model, info = load_finetuned(checkpoint)
     if info.task != "imputation":
@@ -61,10 +60,7 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
     for batch in DataLoader(ds, batch_size=batch_size):
         x, valid, gap = batch["image"], batch["valid"], batch["gap"]
         unusable = gap | ~valid
-        filled = {"model": model(x, unusable), "nearest": nearest_clear_frame(x, unusable),
-                  "linear": temporal_linear(x, unusable)}
-        score_batch(sums, {k: _reflectance(v, info.mean, info.std) for k, v in filled.items()},
-                    _reflectance(x, info.mean, info.std), gap & valid)
+        sums.add_fills(model(x, unusable), x, unusable, gap & valid, lambda t: _reflectance(t, info.mean, info.std))
         done += len(x)
         if progress is not None:
             progress(done, len(ds))
@@ -120,7 +116,7 @@ def evaluate_predictions(prediction: str | Path, series, masks, *, frames: int =
     and of the baselines on the same pixels."""
     import rasterio
 
-    from geofm.tasks.metrics import ScoreSums, masked_image_scores, nearest_clear_frame, temporal_linear
+    from geofm.tasks.metrics import ScoreSums
 
     raw, unusable, gap, _ = first_sample(series, masks, frames, target_frames)
     T, C, H, W = raw.shape
@@ -130,12 +126,8 @@ def evaluate_predictions(prediction: str | Path, series, masks, *, frames: int =
                             f"got {src.count} bands of {src.width}x{src.height}")
         pred = src.read().reshape(T, C, H, W)
     to = lambda a: torch.from_numpy(a.astype(np.float32)).permute(1, 0, 2, 3)[None] / REFLECTANCE_SCALE  # noqa: E731
-    x, hid = to(raw), torch.from_numpy(unusable | gap)[None]
-    score = torch.from_numpy(gap)[None]
     sums = ScoreSums(MODEL_BANDS)
-    for method, image in (("model", to(pred)), ("nearest", nearest_clear_frame(x, hid)),
-                          ("linear", temporal_linear(x, hid))):
-        sums.add(method, masked_image_scores(image, x, score))
+    sums.add_fills(to(pred), to(raw), torch.from_numpy(unusable | gap)[None], torch.from_numpy(gap)[None])
     return sums.result()
 
 

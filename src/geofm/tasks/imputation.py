@@ -19,15 +19,9 @@ import torch
 from geofm.bands import MODEL_BANDS, REFLECTANCE_SCALE
 from geofm.models.imputer import Imputer
 from geofm.tasks.base import FinetuneModule, build_mae
-from geofm.tasks.metrics import ScoreSums, masked_image_scores, nearest_clear_frame, temporal_linear
+from geofm.tasks.metrics import ScoreSums
 
 METHODS = ("model", "nearest", "linear")
-
-
-def score_batch(sums: ScoreSums, filled: dict[str, torch.Tensor], target: torch.Tensor, gap: torch.Tensor) -> None:
-    """Add the scores of each method's gap-filled image (B, C, T, H, W) reflectance vs ``target`` on ``gap``."""
-    for method, image in filled.items():
-        sums.add(method, masked_image_scores(image.float(), target.float(), gap))
 
 
 class ImputationTask(FinetuneModule):
@@ -91,8 +85,7 @@ class ImputationTask(FinetuneModule):
         filled = self(x, unusable)
         self.log(f"{stage}/loss", self.gap_loss(filled, x, gap), on_epoch=True, batch_size=len(x))
         sums = self._sums.setdefault(stage, ScoreSums(MODEL_BANDS if x.shape[1] == len(MODEL_BANDS) else None))
-        methods = {"model": filled, "nearest": nearest_clear_frame(x, unusable), "linear": temporal_linear(x, unusable)}
-        score_batch(sums, {k: self.to_reflectance(v) for k, v in methods.items()}, self.to_reflectance(x), gap & valid)
+        sums.add_fills(filled, x, unusable, gap & valid, self.to_reflectance)
 
     def _eval_epoch_end(self, stage: str) -> None:
         scores = self._sums.pop(stage, ScoreSums()).result()
@@ -104,4 +97,4 @@ class ImputationTask(FinetuneModule):
         return {"index": batch["index"], "recon": self.reconstruct(batch)}
 
 
-__all__ = ["ImputationTask", "score_batch"]
+__all__ = ["ImputationTask"]

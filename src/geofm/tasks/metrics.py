@@ -130,6 +130,17 @@ class ScoreSums:
             k = f"{method}/{key}"
             self.sums[k] = self.sums[k] + v if k in self.sums else v
 
+    def add_fills(self, model_fill: torch.Tensor, x: torch.Tensor, unusable: torch.Tensor, score: torch.Tensor,
+                  to_reflectance=None) -> None:
+        """Add the scores of the model's gap-filled image and of the baselines ("nearest", "linear", made here
+        from ``x`` and ``unusable``) against ``x`` on the ``score`` pixels; images (B, C, T, H, W) go through
+        ``to_reflectance`` first when given (normalized model inputs)."""
+        conv = to_reflectance or (lambda t: t)
+        target = conv(x).float()
+        for method, image in (("model", model_fill), ("nearest", nearest_clear_frame(x, unusable)),
+                              ("linear", temporal_linear(x, unusable))):
+            self.add(method, masked_image_scores(conv(image).float(), target, score))
+
     def methods(self) -> list[str]:
         return list(dict.fromkeys(k.split("/")[0] for k in self.sums))
 
