@@ -21,24 +21,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-only", action="store_true", help="export (or accept) the encoder alone")
 
 
-def _released_layout(source: str) -> str | None:
+def _released_layout(source: str) -> tuple[str | None, object]:
+    """(layout of a released fine-tune or None, the torch file's object if it had to be read to tell)."""
     from geofm.errors import CheckpointError
     from geofm.models.released import find_layout
 
     if not Path(source).expanduser().exists():
-        return None
+        return None, None
     try:
         layout, _ = find_layout(source)
     except CheckpointError:
-        return None
+        return None, None
     if layout == "terratorch" and Path(source).suffix in (".pt", ".ckpt"):  # a pretrained .pt is not a fine-tune
         from geofm.models.checkpoints import load_torch_file
 
         raw = load_torch_file(source)
         if not (isinstance(raw, dict) and isinstance(raw.get("hyper_parameters"), dict)
                 and "model_args" in raw["hyper_parameters"]):
-            return None
-    return None if layout == "geofm" else layout
+            return None, raw
+        return layout, raw
+    return (None if layout == "geofm" else layout), None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,17 +52,17 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         build_config(args.model)  # an unknown name stops here, before anything is read or written
     check_output_dir(args.output, "OUT")
-    layout = _released_layout(args.input)
+    layout, raw = _released_layout(args.input)  # raw: a torch file read to tell the layout, not read again
     if layout is not None:
         from geofm.models.released import load_released, save_released
 
-        model, info = load_released(args.input)
+        model, info = load_released(args.input, preloaded=raw)
         out = save_released(model, info, args.output)
         n = sum(v.numel() for v in model.state_dict().values())
         print(f"wrote {out}/model.safetensors ({n / 1e6:.1f} M values) and {out}/config.json "
               f"({layout} fine-tune, {info.num_classes} classes, {info.num_frames} frame(s) x {info.in_chans} bands)")
         return 0
-    ckpt = read_checkpoint(args.input)
+    ckpt = read_checkpoint(args.input, preloaded=raw)
     if args.model:
         config = build_config(args.model)
     elif ckpt.config:
