@@ -133,3 +133,22 @@ def test_series_dates_must_share_crs_and_transform(tmp_path):
     with pytest.raises(DataError, match="d1.tif' is not on the grid of"):
         Series.of("s", [stacked_frame(p) for p in paths])
     assert Series.of("s", [stacked_frame(paths[0])] * 2).height == 8
+
+
+def test_store_series_sizes_from_the_array_not_the_chips(tiny_store, monkeypatch):
+    from geofm.data import store
+    from geofm.data.datasets.imputation import store_series
+
+    path, res = tiny_store
+    reads = []
+    real_read = store.ShardReader.read
+    monkeypatch.setattr(store.ShardReader, "read", lambda self, slots: reads.append(list(slots)) or real_read(self, slots))
+    series = store_series(path)
+    assert len(series) == res.chips and reads == []  # no chip read to learn the sizes
+    s = series[1]
+    assert (len(s), s.height, s.width) == (3, 32, 32)
+    raw, nodata, cloud = s.read(0, 2, -4, 8, 16, 16)  # a window partly outside the chip
+    chip = real_read(store.ShardReader(str(path)), [s.slot])[0]
+    np.testing.assert_array_equal(raw[:, :, 4:, :], chip[:2, :, :12, 8:24])
+    assert (raw[:, :, :4] == -9999).all() and nodata[:, :4].all() and not cloud.any()
+    assert reads == [[s.slot]]

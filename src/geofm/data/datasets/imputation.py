@@ -122,9 +122,13 @@ def own_cloud_masks(series: Series, min_cover: float = 0.01, max_cover: float = 
 
 # --------------------------------------------------------------------------- chip stores as series
 class StoreSeries:
-    """One chip of a geofm chip store as a series (no cloud information): the :class:`Series` read API."""
+    """One chip of a geofm chip store as a series (no cloud information): the :class:`Series` read API.
 
-    def __init__(self, store: str | Path, i: int, meta: dict | None = None):
+    Its size comes from the store's array shape (``shape``: (T, C, H, W) of a chip, read once per
+    store by :func:`store_series`); the chip itself is read when a window of it is, and not kept.
+    """
+
+    def __init__(self, store: str | Path, i: int, meta: dict | None = None, shape: tuple | None = None):
         from geofm.data import store as chip_store
 
         self.url = str(store)
@@ -133,29 +137,30 @@ class StoreSeries:
         self.slot = int(self.meta["slot"][i])
         self.name = f"slot{self.slot:07d}"
         self._reader = None
-        self._chip = None
+        self.shape = tuple(shape) if shape is not None else self.reader().shape[1:]
         self.has_fmask = False
+
+    def reader(self):
+        if self._reader is None:
+            from geofm.data import store as chip_store
+
+            self._reader = chip_store.ShardReader(self.url)
+        return self._reader
 
     def chip(self) -> np.ndarray:
         """(T, C, H, W) int16."""
-        if self._chip is None:
-            from geofm.data import store as chip_store
-
-            if self._reader is None:
-                self._reader = chip_store.ShardReader(self.url)
-            self._chip = self._reader.read([self.slot])[0]
-        return self._chip
+        return self.reader().read([self.slot])[0]
 
     def __len__(self) -> int:
-        return int(self.chip().shape[0])
+        return int(self.shape[0])
 
     @property
     def height(self) -> int:
-        return int(self.chip().shape[2])
+        return int(self.shape[2])
 
     @property
     def width(self) -> int:
-        return int(self.chip().shape[3])
+        return int(self.shape[3])
 
     def read(self, t0: int, t1: int, row: int, col: int, h: int, w: int, datasets: dict | None = None):
         chip = self.chip()[t0:t1]
@@ -168,14 +173,16 @@ class StoreSeries:
         return raw, nodata, np.zeros_like(nodata)
 
     def __getstate__(self):
-        return dict(self.__dict__, _reader=None, _chip=None)
+        return dict(self.__dict__, _reader=None)
 
 
 def store_series(store: str | Path) -> list[StoreSeries]:
+    """Every chip of a chip store as a :class:`StoreSeries` (the metadata and the array shape are read once)."""
     from geofm.data import store as chip_store
 
     meta = chip_store.read_metadata(str(store))
-    return [StoreSeries(store, i, meta) for i in range(len(meta["slot"]))]
+    shape = chip_store.ShardReader(str(store)).shape[1:]
+    return [StoreSeries(store, i, meta, shape) for i in range(len(meta["slot"]))]
 
 
 # --------------------------------------------------------------------------- samples
