@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 from geofm.data.hls import DEFAULT_CLOUD_BITS, FMASK_BITS
 
@@ -63,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
 
     from geofm.data.remote.stream import apply_gdal_env, resolve_inputs, restore_env
 
-    inputs, gdal_options = resolve_inputs(args.inputs)  # manifests -> https URLs + GDAL auth/retry options
-    old_env = apply_gdal_env(gdal_options)
-    try:
-        res = ingest(inputs, args.out, cfg, storage_options=so, scheduler=args.scheduler, n_workers=args.workers,
-                     progress=progress)
-    finally:
-        restore_env(old_env)
+    # manifests -> https URLs + GDAL auth/retry options; a login's session cookie lives in a private
+    # temporary folder, removed when the ingest ends (however it ends)
+    with tempfile.TemporaryDirectory(prefix="geofm-login-") as login_dir:
+        inputs, gdal_options = resolve_inputs(args.inputs, workdir=login_dir)
+        old_env = apply_gdal_env(gdal_options)
+        try:
+            res = ingest(inputs, args.out, cfg, storage_options=so, scheduler=args.scheduler, n_workers=args.workers,
+                         progress=progress)
+        finally:
+            restore_env(old_env)
     bar.close()
     for what, why in res.skipped:
         print(f"skipped {what}: {why}")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -59,11 +60,15 @@ def test_search_fetch_ingest_and_streamed_ingest(nasa, tmp_path, no_earthdata_en
     assert list(m1["dates"][0]) == ["2021-05-03", "2021-05-30", "2021-06-12"]  # S30, L30, S30
 
 
-def test_streamed_ingest_with_netrc_cookie_login(nasa, tmp_path, netrc_login):
+def test_streamed_ingest_with_netrc_cookie_login(nasa, tmp_path, netrc_login, monkeypatch):
     manifest = tmp_path / "m.json"
     _search(nasa, manifest, "--max-items", "3")
     common = ["--chip-size", "32", "--frames", "3", "--max-cloud", "1", "--scheduler", "sync"]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     assert main(["ingest", str(manifest), "--out", str(tmp_path / "s.zarr"), *common]) == 0
+    assert list(temp.iterdir()) == []  # the login's cookie folder is gone
     meta, chips = _chips(tmp_path / "s.zarr")
     assert len(meta["slot"]) == 4 and chips.shape == (4, 3, 6, 32, 32)
     assert len(nasa.requests_to("/oauth/authorize")) == 1  # one login; GDAL used its cookie
