@@ -177,6 +177,8 @@ class Runner:
 
         if key.startswith("gemm:"):
             return gemm_peak(key.split(":")[2])
+        if key.startswith("profile:"):
+            return profile(self.call(key.split(":", 1)[1]), steps)
         self.first = None
         fn = self.call(key)
         times, cpu = [], []
@@ -207,6 +209,51 @@ def gemm_peak(dtype: str) -> dict:
             reps.append(time.perf_counter() - t0)
         best = max(best, 2 * m * k * n / min(reps) / 1e9)
     return {"gflops": best, "peak_rss_mib": peak_rss_mib(), "torch": torch.__version__}
+
+
+# which kernels an op's self time belongs to: the products both implementations call alike,
+# attention, the optimizer, and everything else (norms, activations, casts, adds, copies, ...)
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+            "aten::convolution_backward", "mkldnn::_linear_pointwise"}
+CLASSES = ("GEMM/conv", "attention", "optimizer", "other")
+
+
+def kernel_class(op: str) -> str:
+    if op in GEMM_OPS:
+        return "GEMM/conv"
+    if "scaled_dot_product" in op:
+        return "attention"
+    if "adam" in op.lower() or op.startswith("aten::_foreach_"):
+        return "optimizer"
+    return "other"
+
+
+def profile(fn, steps: int) -> dict:
+    """Self CPU time of ``fn``'s ops (torch.profiler, ``steps`` calls) by :func:`kernel_class`, ms per call.
+
+    Every op run inside ``Optimizer.step`` counts as "optimizer", whichever kernels it calls
+    (TerraTorch's default AdamW on CPU is a loop of per-tensor mul_/lerp_/addcdiv_ ops).
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    out: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for e in prof.events():
+        parent, in_optimizer = e.cpu_parent, False
+        while parent is not None and not in_optimizer:
+            in_optimizer = parent.name.startswith("Optimizer.step")
+            parent = parent.cpu_parent
+        cls = "optimizer" if in_optimizer else kernel_class(e.name)
+        ms = e.self_cpu_time_total / 1e3 / steps
+        out[cls] = out.get(cls, 0.0) + ms
+        if cls == "other":
+            top[e.name] = top.get(e.name, 0.0) + ms
+    out["top_other"] = sorted(top.items(), key=lambda kv: -kv[1])[:4]
+    return out
 
 
 def serve(threads: int) -> int:
@@ -252,6 +299,8 @@ def main() -> int:
     ap.add_argument("--peer-python", default=os.environ.get("GEOFM_PEER_PYTHON"),
                     help="python of a venv with terratorch installed (baseline)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the rounds, profile geofm and TerraTorch (same process) by kernel class")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -287,6 +336,11 @@ def main() -> int:
                     res[key]["cpu_s"] = min(res[key]["cpu_s"], out["cpu_s"])
             print(f"  round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
             report(args, plan, res, first, peak, load0, final=r + 1 == args.rounds)
+        if args.profile:
+            srv = "peer" if args.peer_python else "pinned"
+            prof = {(impl, what, dt): servers[srv].measure(f"profile:{impl}:{what}:{dt}", args.steps)
+                    for _, s, impl, what, dt in plan if s == srv and not impl.endswith("+fused")}
+            report_profile(prof)
     finally:
         for s in servers.values():
             s.close()
@@ -338,6 +392,29 @@ def report(args, plan, res, first, peak, load0, final: bool) -> None:
         print("(TerraTorch not measured: pass --peer-python, see bench/README.md)")
     if args.json and final:
         Path(args.json).write_text(json.dumps({"peak": peak, "results": res}, indent=2))
+
+
+def report_profile(prof: dict) -> None:
+    """Kernel-class table, and the ratio geofm could reach if everything but its GEMMs and attention took no time."""
+    classes = CLASSES
+    print("\nProfile (torch.profiler, self CPU time per step in ms, same process; the profiler adds overhead):\n")
+    print("| implementation | mode | " + " | ".join(classes) + " | total | largest 'other' ops |")
+    print("|---|---|" + "---|" * (len(classes) + 2))
+    for (impl, what, dt), p in prof.items():
+        total = sum(p.get(c, 0.0) for c in classes)
+        top = ", ".join(f"{k.replace('aten::', '')} {v:.0f}" for k, v in p["top_other"])
+        print(f"| {impl} | {what} {dt} | " + " | ".join(f"{p.get(c, 0.0):.0f} ({100 * p.get(c, 0.0) / total:.0f}%)"
+                                                       for c in classes) + f" | {total:.0f} | {top} |")
+    impls = {impl for impl, _, _ in prof}
+    if {"geofm", "terratorch"} <= impls:
+        print("\nUpper bound with the same GEMM and attention kernels: TerraTorch's total over geofm's "
+              "GEMM+attention time (geofm's optimizer and every other op taking no time at all):")
+        for what, dt in MODES:
+            g, t = prof.get(("geofm", what, dt)), prof.get(("terratorch", what, dt))
+            if g and t:
+                kern = g["GEMM/conv"] + g["attention"]
+                print(f"  {what} {dt}: {sum(t.get(c, 0.0) for c in classes) / kern:.2f}x "
+                      f"(GEMM+attention geofm {kern:.0f} ms, TerraTorch {t['GEMM/conv'] + t['attention']:.0f} ms)")
 
 
 if __name__ == "__main__":
