@@ -172,6 +172,18 @@ class Runner:
         self.first = first
         return fn
 
+    def pairs(self, mode: str, n: int) -> dict:
+        """``n`` adjacent (geofm, TerraTorch) steps of ``mode`` ("what:dtype"), the order alternating per pair:
+        each pair runs within a few seconds, so the machine's slow swings hit both sides of it alike."""
+        fg, ft = self.call(f"geofm:{mode}"), self.call(f"terratorch:{mode}")
+        g, t = [], []
+        for i in range(n):
+            for fn, out in ((fg, g), (ft, t)) if i % 2 == 0 else ((ft, t), (fg, g)):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+        return {"geofm_s": g, "terratorch_s": t}
+
     def measure(self, key: str, steps: int) -> dict:
         import torch
 
@@ -179,6 +191,8 @@ class Runner:
             return gemm_peak(key.split(":")[2])
         if key.startswith("profile:"):
             return profile(self.call(key.split(":", 1)[1]), steps)
+        if key.startswith("pair:"):
+            return self.pairs(key.split(":", 1)[1], steps)
         self.first = None
         fn = self.call(key)
         times, cpu = [], []
@@ -299,6 +313,8 @@ def main() -> int:
     ap.add_argument("--peer-python", default=os.environ.get("GEOFM_PEER_PYTHON"),
                     help="python of a venv with terratorch installed (baseline)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="after the rounds, N adjacent geofm/TerraTorch steps per mode (median of the pair ratios)")
     ap.add_argument("--profile", action="store_true",
                     help="after the rounds, profile geofm and TerraTorch (same process) by kernel class")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -336,6 +352,8 @@ def main() -> int:
                     res[key]["cpu_s"] = min(res[key]["cpu_s"], out["cpu_s"])
             print(f"  round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
             report(args, plan, res, first, peak, load0, final=r + 1 == args.rounds)
+        if args.pairs and args.peer_python:
+            report_pairs({mode: servers["peer"].measure(f"pair:{mode[0]}:{mode[1]}", args.pairs) for mode in MODES})
         if args.profile:
             srv = "peer" if args.peer_python else "pinned"
             prof = {(impl, what, dt): servers[srv].measure(f"profile:{impl}:{what}:{dt}", args.steps)
@@ -392,6 +410,18 @@ def report(args, plan, res, first, peak, load0, final: bool) -> None:
         print("(TerraTorch not measured: pass --peer-python, see bench/README.md)")
     if args.json and final:
         Path(args.json).write_text(json.dumps({"peak": peak, "results": res}, indent=2))
+
+
+def report_pairs(pairs: dict) -> None:
+    """Median (and quartiles) of the per-pair time ratios TerraTorch / geofm, with the ratio of the best steps."""
+    print("\nAdjacent pairs, same process (ratio TerraTorch / geofm time of each pair; >1 = geofm faster):")
+    targets = {"train": 1.15, "infer": 1.1}
+    for (what, dt), p in pairs.items():
+        r = sorted(t / g for g, t in zip(p["geofm_s"], p["terratorch_s"]))
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+        print(f"  {what} {dt}: median {q[1]:.2f}x (quartiles {q[0]:.2f}-{q[2]:.2f}, {len(r)} pairs); best steps "
+              f"{min(p['terratorch_s']) / min(p['geofm_s']):.2f}x (geofm {min(p['geofm_s']) * 1e3:.0f} ms, TerraTorch "
+              f"{min(p['terratorch_s']) * 1e3:.0f} ms); target >= {targets[what]}")
 
 
 def report_profile(prof: dict) -> None:
