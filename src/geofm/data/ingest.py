@@ -523,12 +523,15 @@ class IngestResult:
 
 def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, storage_options: dict | None = None,
            scheduler: str | None = None, n_workers: int | None = None, processes: bool = True,
-           progress: Callable[[int, int], None] | None = None, max_tasks: int | None = None) -> IngestResult:
+           progress: Callable[[int, int], None] | None = None, max_tasks: int | None = None,
+           gdal_options=None) -> IngestResult:
     """Ingest ``inputs`` into the chip store ``out`` (resumable). See the module docstring.
 
     ``scheduler``: address of an existing Dask scheduler; ``None`` starts a LocalCluster of
     ``n_workers`` (default: CPU count) ``processes`` (or threads); ``"sync"`` runs in-process.
-    ``max_tasks`` stops after that many tasks (for tests of resumption).
+    ``max_tasks`` stops after that many tasks (for tests of resumption). ``gdal_options``: a
+    :class:`~geofm.data.remote.stream.WorkerGdalOptions` that every task sets in its worker
+    (credentials for streamed COGs on workers that did not inherit this process's environment).
     """
     t0 = time.perf_counter()
     cfg = cfg or IngestConfig()
@@ -564,7 +567,7 @@ def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, 
     todo = [i for i in range(len(plan["tasks"])) if i not in done]
     if max_tasks is not None:
         todo = todo[:max_tasks]
-    results = _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, len(done))
+    results = _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, len(done), gdal_options)
     rejected = {"cloud": sum(r["rejected"]["cloud"] for r in results),
                 "nodata": sum(r["rejected"]["nodata"] for r in results)}
     finished = len(done) + len(results) == len(plan["tasks"])
@@ -575,14 +578,15 @@ def ingest(inputs: Sequence[str], out: str, cfg: IngestConfig | None = None, *, 
                         sum(r["bytes"] for r in results), time.perf_counter() - t0, skipped)
 
 
-def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_done) -> list[dict]:
+def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_done, gdal_options=None) -> list[dict]:
     total = len(plan["tasks"])
     results: list[dict] = []
     if not todo:
         return results
     if scheduler == "sync":
         for i in todo:
-            results.append(run_task(loc.url, loc.storage_options, plan, i, decode_threads_per_task(_cpus(), 1)))
+            with _gdal_applied(gdal_options):
+                results.append(run_task(loc.url, loc.storage_options, plan, i, decode_threads_per_task(_cpus(), 1)))
             if progress:
                 progress(n_done + len(results), total)
         return results
@@ -607,8 +611,8 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
     try:
         threads = _cluster_decode_threads(client)
         plan_future = client.scatter(plan, broadcast=True)
-        futures = [client.submit(_run_task_reporting, loc.url, loc.storage_options, plan_future, i, threads, pure=False)
-                   for i in todo]
+        futures = [client.submit(_run_task_reporting, loc.url, loc.storage_options, plan_future, i, threads,
+                                 gdal_options, pure=False) for i in todo]
         for fut in as_completed(futures):
             try:
                 res = fut.result()
@@ -674,15 +678,23 @@ def _cluster_decode_threads(client) -> int:
     return min(decode_threads_per_task(host_cpus[h], n) for h, n in slots.items())
 
 
+def _gdal_applied(gdal_options):
+    """``gdal_options.applied()``, or nothing to do without options."""
+    import contextlib
+
+    return gdal_options.applied() if gdal_options is not None else contextlib.nullcontext()
+
+
 def _run_task_reporting(store_url: str, storage_options: dict | None, plan: dict, task_id: int,
-                        decode_threads: int | None = None) -> dict:
+                        decode_threads: int | None = None, gdal_options=None) -> dict:
     """:func:`run_task` on a Dask worker: geofm's errors (and IO errors) come back as a plain record.
 
     Exceptions pass through Dask pickled, and one whose cause cannot be pickled (rasterio's) arrives
     as a bare ``Exception`` with a traceback; a record keeps the message the sync scheduler shows.
     """
     try:
-        return run_task(store_url, storage_options, plan, task_id, decode_threads)
+        with _gdal_applied(gdal_options):
+            return run_task(store_url, storage_options, plan, task_id, decode_threads)
     except GeofmError as e:
         return {"task": task_id, "error": str(e), "kind": type(e).__name__}
     except OSError as e:

@@ -62,16 +62,16 @@ def run(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    from geofm.data.remote.stream import apply_gdal_env, resolve_inputs, restore_env
+    from geofm.data.remote.stream import WorkerGdalOptions, apply_gdal_env, resolve_inputs, restore_env
 
     # manifests -> https URLs + GDAL auth/retry options; a login's session cookie lives in a private
     # temporary folder, removed when the ingest ends (however it ends)
     with tempfile.TemporaryDirectory(prefix="geofm-login-") as login_dir:
         inputs, gdal_options = resolve_inputs(args.inputs, workdir=login_dir)
-        old_env = apply_gdal_env(gdal_options)
+        old_env = apply_gdal_env(gdal_options)  # this process (planning) and the LocalCluster it starts
         try:
             res = ingest(inputs, args.out, cfg, storage_options=so, scheduler=args.scheduler, n_workers=args.workers,
-                         progress=progress)
+                         progress=progress, gdal_options=WorkerGdalOptions(gdal_options) if gdal_options else None)
         finally:
             restore_env(old_env)
     bar.close()

@@ -141,3 +141,62 @@ def test_search_cli_errors(bad, nasa, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"error: {next(iter(bad))}" in err and "Traceback" not in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_streamed_ingest_on_an_external_cluster_gets_the_credentials(nasa, tmp_path, netrc_login, no_earthdata_env):
+    """Workers started before the ingest (an external ``--scheduler``) read the COGs with the token, then with
+    the login cookie: each task sets the ingest's GDAL options in its worker, and removes them after."""
+    from dask.distributed import Client, LocalCluster
+
+    manifest = tmp_path / "m.json"
+    _search(nasa, manifest, "--max-items", "3")
+    common = ["--chip-size", "32", "--frames", "3", "--max-cloud", "1"]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert all(v is None for v in client.run(lambda: os.environ.get("GDAL_HTTP_BEARER")).values())
+        n0 = len(nasa.log)
+        no_earthdata_env.setenv("EARTHDATA_TOKEN", TOKEN)  # the token wins over the netrc login
+        assert main(["ingest", str(manifest), "--out", str(tmp_path / "t.zarr"), "--scheduler",
+                     cluster.scheduler_address, *common]) == 0
+        reads = [r for r in nasa.log[n0:] if r["path"].startswith("/lp-prod-protected/") and r["range"]]
+        assert reads and all(r["auth_value"] == f"Bearer {TOKEN}" for r in reads)
+        no_earthdata_env.delenv("EARTHDATA_TOKEN")
+        n1 = len(nasa.log)
+        assert main(["ingest", str(manifest), "--out", str(tmp_path / "c.zarr"), "--scheduler",
+                     cluster.scheduler_address, *common]) == 0
+        reads = [r for r in nasa.log[n1:] if r["path"].startswith("/lp-prod-protected/") and r["range"]]
+        assert reads[0]["range"] == "bytes=0-0" and not reads[0]["cookie"]  # the client's login probe
+        bad = [r for r in reads[1:] if r["auth_value"] or "urs_session=" not in (r["cookie"] or "")]
+        assert len(reads) > 1 and not bad, bad[:2]
+        assert len(nasa.requests_to("/oauth/authorize")) == 1  # one login, by the client; workers used its cookie
+        # nothing left behind on the worker: no credentials in its environment, no cookie folder
+        left = client.run(lambda: {k: v for k, v in os.environ.items() if k.startswith("GDAL_HTTP")})
+        assert all(v == {} for v in left.values())
+    (m1, c1), (m2, c2) = _chips(tmp_path / "t.zarr"), _chips(tmp_path / "c.zarr")
+    assert len(m1["slot"]) == 4
+    np.testing.assert_array_equal(c1, c2)
+
+
+def test_worker_gdal_options_hide_their_values_and_leave_nothing(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from geofm.data.remote.stream import WorkerGdalOptions
+    from geofm.errors import DataError
+
+    jar = tmp_path / "cookies.txt"
+    jar.write_text("# Netscape HTTP Cookie File\nlocalhost\tFALSE\t/\tFALSE\t2000000000\turs_session\tabc\n")
+    opts = WorkerGdalOptions({"GDAL_HTTP_BEARER": "s3cr3t", "GDAL_HTTP_COOKIEFILE": str(jar),
+                              "GDAL_HTTP_COOKIEJAR": str(jar)})
+    assert "s3cr3t" not in repr(opts) and "abc" not in repr(opts) and "cookies" in repr(opts)
+    monkeypatch.delenv("GDAL_HTTP_BEARER", raising=False)
+    with opts.applied():
+        copy = Path(os.environ["GDAL_HTTP_COOKIEFILE"])
+        assert copy != jar and copy.read_text() == jar.read_text() and copy.stat().st_mode & 0o777 == 0o600
+        with opts.applied():  # a second task of the same ingest in the same worker
+            assert os.environ["GDAL_HTTP_BEARER"] == "s3cr3t"
+        assert os.environ["GDAL_HTTP_BEARER"] == "s3cr3t"  # still running: the first task keeps them
+        with pytest.raises(DataError, match="another ingest"):
+            with WorkerGdalOptions({"GDAL_HTTP_BEARER": "other"}).applied():
+                pass
+    assert "GDAL_HTTP_BEARER" not in os.environ and "GDAL_HTTP_COOKIEFILE" not in os.environ
+    assert not copy.exists() and not copy.parent.exists()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,70 @@ def resolve_inputs(inputs: Sequence[str], bands="prithvi", creds=None,
         cookie_file = str(login_cookies(make_session(creds), urls[0], workdir / "cookies.txt"))
     log.info("%d COG(s) streamed over HTTPS; Earthdata credentials: %s", len(urls), creds.source)
     return out + urls, gdal_env(creds, cookie_file)
+
+
+class WorkerGdalOptions:
+    """The GDAL options of a streamed ingest, for the Dask workers that read the COGs.
+
+    Workers of a LocalCluster inherit the environment, but those of an external cluster
+    (``--scheduler``) were started before the ingest and on other machines: each task sets
+    these options in its worker for as long as it runs (:meth:`applied`). The cookie jar of a
+    username/password login travels as its text and becomes a private file on the worker.
+    The repr names the options, never their values (Dask logs the arguments of failed tasks).
+    """
+
+    _lock = threading.Lock()
+    _active: dict = {"key": None, "users": 0, "old": {}, "dir": None}
+
+    def __init__(self, env: dict[str, str]):
+        self.env = {k: v for k, v in env.items() if k not in ("GDAL_HTTP_COOKIEFILE", "GDAL_HTTP_COOKIEJAR")}
+        cookie_file = env.get("GDAL_HTTP_COOKIEFILE")
+        self.cookies = Path(cookie_file).read_text() if cookie_file else None
+
+    def __repr__(self) -> str:
+        return f"WorkerGdalOptions({sorted(self.env)}{', cookies' if self.cookies else ''})"
+
+    def _key(self) -> tuple:
+        return tuple(sorted(self.env.items())), self.cookies
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Set the options in this process's environment (GDAL reads them from there) while the block runs.
+
+        Tasks of one ingest running at once in one worker share the setting; the last one to end
+        restores the environment and removes the cookie file. Another ingest's credentials at the
+        same time in the same worker are refused (:class:`~geofm.errors.DataError`).
+        """
+        from geofm.errors import DataError
+
+        state = WorkerGdalOptions._active
+        with WorkerGdalOptions._lock:
+            if state["users"] and state["key"] != self._key():
+                raise DataError("this Dask worker is streaming another ingest's COGs with other credentials: "
+                                "run one streamed ingest at a time on a cluster")
+            if not state["users"]:
+                env = dict(self.env)
+                if self.cookies is not None:
+                    state["dir"] = tempfile.mkdtemp(prefix="geofm-login-")  # mode 0700
+                    jar = Path(state["dir"]) / "cookies.txt"
+                    jar.touch(mode=0o600)
+                    jar.write_text(self.cookies)
+                    env["GDAL_HTTP_COOKIEFILE"] = env["GDAL_HTTP_COOKIEJAR"] = str(jar)
+                state["old"] = apply_gdal_env(env)
+                state["key"] = self._key()
+            state["users"] += 1
+        try:
+            yield
+        finally:
+            with WorkerGdalOptions._lock:
+                state["users"] -= 1
+                if not state["users"]:
+                    restore_env(state["old"])
+                    if state["dir"]:
+                        import shutil
+
+                        shutil.rmtree(state["dir"], ignore_errors=True)
+                    state.update(key=None, old={}, dir=None)
 
 
 def apply_gdal_env(env: dict[str, str]) -> dict[str, str | None]:
