@@ -154,3 +154,17 @@ def test_dihedral_is_identical_for_image_and_mask():
         assert torch.equal(out["image"][3, 1].long(), out["mask"])
         seen.add(tuple(out["mask"][0, :2].tolist()))
     assert len(seen) == 8  # all eight symmetries occur
+
+
+def test_eval_share_sampler_scores_each_sample_once():
+    """Under DDP each rank evaluates its own share; no sample is repeated to even the ranks out."""
+    from torch.utils.data import DistributedSampler
+
+    from geofm.data.datasets.base import EvalShareSampler
+
+    data = list(range(5))
+    shares = [list(EvalShareSampler(data, 2, rank)) for rank in (0, 1)]
+    assert shares == [[0, 2, 4], [1, 3]] and [len(EvalShareSampler(data, 2, r)) for r in (0, 1)] == [3, 2]
+    assert isinstance(EvalShareSampler(data, 2, 0), DistributedSampler)  # Lightning does not replace it
+    padded = [list(DistributedSampler(data, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    assert sum(map(len, padded)) == 6  # what torch's sampler would have scored: sample 0 twice

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +124,18 @@ def test_imputation_fit_scores_baselines_and_predicts(tmp_path):
     again = json.loads(run_finetune(cfg, "test").read_text())
     assert again["test/mae"] == pytest.approx(test["test/mae"], rel=1e-5)
     assert again["test/mae_linear"] == pytest.approx(test["test/mae_linear"], rel=1e-9)
+    # the same test stage with DDP on 2 processes: each scores its share once, the sums are reduced
+    overrides = [*FAST, f"run_dir={tmp_path}", "data.samples_per_epoch=2", "data.val_samples=4",
+                 "data.test_stride=3", "trainer.strategy=ddp", "trainer.devices=2"]
+    proc = subprocess.run([sys.executable, "-m", "geofm.cli", "finetune", "--config",
+                           str(CONFIGS / "tiny_imputation.yaml"), "--stage", "test", *overrides],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads((tmp_path / "metrics_test.json").read_text())
+    assert ddp["test/pixels"] == again["test/pixels"]
+    for k in ("test/mae", "test/mae_linear", "test/ssim", "test/rmse_nearest", "test/ssim_SWIR_2"):
+        assert ddp[k] == pytest.approx(again[k], rel=1e-9, abs=1e-12), k
     out = run_finetune(cfg, "predict")
     recon = sorted(out.glob("*_recon.tif"))
     assert len(recon) >= 1 and len(list(out.glob("*.png"))) == 1
@@ -169,8 +184,6 @@ def test_config_errors(tmp_path):
         load_finetune_config(CONFIGS / "tiny_flood.yaml", ["optim.loss=l1"])
     with pytest.raises(ConfigError, match="expected one of"):
         load_finetune_config(CONFIGS / "tiny_flood.yaml", ["optim.strategy=partial"])
-    with pytest.raises(ConfigError, match="'ddp' is not supported for task 'imputation'"):
-        load_finetune_config(CONFIGS / "tiny_imputation.yaml", ["trainer.strategy=ddp"])
     cfg = load_finetune_config(CONFIGS / "tiny_flood.yaml", [f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="run the fit stage first"):
         run_finetune(cfg, "test")

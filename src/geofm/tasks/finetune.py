@@ -155,9 +155,6 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | tuple[s
     cfg = load_config(FinetuneConfig, path, list(overrides))
     if cfg.task == "imputation" and cfg.data.dataset != "imputation":
         raise ConfigError(f"task 'imputation' needs data.dataset 'imputation', got {cfg.data.dataset!r} ({path})")
-    if cfg.task == "imputation" and cfg.trainer.strategy == "ddp":
-        # its score sums are per process (not reduced across ranks): the scores would cover rank 0's share only
-        raise ConfigError(f"trainer.strategy 'ddp' is not supported for task 'imputation' yet: use 'auto' ({path})")
     if cfg.task == "segmentation" and cfg.data.dataset == "imputation":
         raise ConfigError(f"data.dataset 'imputation' needs task 'imputation' ({path})")
     seg_loss, imp_loss = ("ce", "dice", "ce+dice"), ("l1", "l2")

@@ -88,7 +88,13 @@ class ImputationTask(FinetuneModule):
         sums.add_fills(filled, x, unusable, gap & valid, self.to_reflectance)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        scores = self._sums.pop(stage, ScoreSums()).result()
+        sums = self._sums.pop(stage, None)
+        if sums is None:
+            sums = ScoreSums(MODEL_BANDS if self.model.config.in_chans == len(MODEL_BANDS) else None)
+        if self.trainer.world_size > 1:  # every rank scored its own share of the samples
+            sums.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), METHODS,
+                            self.model.config.in_chans)
+        scores = sums.result()
         self.last_scores[stage] = scores
         if scores:
             self.log_dict({f"{stage}/{k}": v for k, v in scores.items()})

@@ -141,6 +141,25 @@ class ScoreSums:
                               ("linear", temporal_linear(x, unusable))):
             self.add(method, masked_image_scores(conv(image).float(), target, score))
 
+    def all_reduce(self, reduce_sum, methods: Sequence[str], n_bands: int) -> None:
+        """Sum the sums of every process (``reduce_sum``: e.g. a Lightning strategy's ``reduce(t, "sum")``).
+
+        Every process must call it, with the same ``methods`` and ``n_bands``: one packed tensor goes
+        across, with zeros for what a process did not see (a process may have scored no pixel).
+        """
+        parts = (("abs", n_bands), ("sq", n_bands), ("ssim", n_bands), ("n", 1))
+        flat = torch.cat([self.sums.get(f"{m}/{k}", torch.zeros(size, dtype=torch.float64)).reshape(-1)
+                          for m in methods for k, size in parts])
+        flat = reduce_sum(flat).to(torch.float64).reshape(-1)
+        self.sums, i = {}, 0
+        for m in methods:
+            got = {}
+            for k, size in parts:
+                got[k] = flat[i:i + size] if k != "n" else flat[i]
+                i += size
+            if float(got["n"]) > 0:
+                self.sums.update({f"{m}/{k}": v for k, v in got.items()})
+
     def methods(self) -> list[str]:
         return list(dict.fromkeys(k.split("/")[0] for k in self.sums))
 

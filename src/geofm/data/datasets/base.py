@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geofm.bands import NORMALIZED_NODATA
 from geofm.data.transforms import RandomDihedral
@@ -297,6 +297,32 @@ def _lightning_datamodule():
     return pl.LightningDataModule
 
 
+class EvalShareSampler(DistributedSampler):
+    """This process's share of an evaluation set under DDP: samples rank, rank + world, ... in order.
+
+    Unlike torch's :class:`DistributedSampler` it does not repeat samples to give every rank
+    the same count, so each sample is scored exactly once and the reduced scores equal those
+    of one process. (A subclass of it, so that Lightning keeps it instead of putting its own.)
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def _eval_sampler(ds: Dataset) -> EvalShareSampler | None:
+    """:class:`EvalShareSampler` when this process is one of several (DDP), else None."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return EvalShareSampler(ds, dist.get_world_size(), dist.get_rank())
+
+
 class SplitsDataModule(_lightning_datamodule()):
     """Train/val/test/predict datasets behind plain DataLoaders (shuffled for training only)."""
 
@@ -318,7 +344,10 @@ class SplitsDataModule(_lightning_datamodule()):
         return len(self.class_names)
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+        # evaluation under DDP: each rank its own share, no sample twice (see EvalShareSampler)
+        sampler = None if train else _eval_sampler(ds)
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train if sampler is None else None, sampler=sampler,
                           num_workers=self.num_workers, drop_last=False,
                           persistent_workers=self.num_workers > 0)
 
