@@ -167,6 +167,41 @@ def test_granules_and_imputation_keep_clear_pixels(tmp_path):
         assert (got[:, nodata] == HLS_NODATA).all()  # the swath edge is nodata in every frame
 
 
+def test_cfmask_stacks_hide_landsat_clouds(tmp_path, sample_dir):
+    """Real Landsat stacks whose cloud layer is CFmask classes (band 8): with fmask_kind="cfmask" the
+    model is asked to fill exactly the CFmask cloud/shadow pixels (and nodata); clear ones are kept."""
+    from geofm.data.hls import cfmask_to_hls_fmask
+
+    paths = sorted(str(p) for p in (sample_dir / "landsat_p035r032" / "images").glob("*/*_stack.gtif"))[:3]
+    frames = [stacked_frame(p, fmask_band=8) for p in paths]
+    spec = OutputSpec.reflectance(3, ("B", "G", "R", "N", "S1", "S2"), MEAN, STD)
+
+    def zeros(x, hidden):
+        return torch.zeros(x.shape[0], 18, *x.shape[-2:])
+
+    outs = {}
+    for kind in ("cfmask", "hls"):
+        predict_scene(frames, zeros, tmp_path / f"{kind}.tif", output=spec, mean=MEAN, std=STD, tile=16,
+                      overlap=4, block=16, pass_hidden=True, fmask_kind=kind)
+        outs[kind] = read(tmp_path / f"{kind}.tif")[0]
+    n_hidden = 0
+    for t, p in enumerate(paths):
+        with rasterio.open(p) as src:
+            raw, cf = src.read([1, 2, 3, 4, 5, 6]), src.read(8)
+        nodata = (raw == HLS_NODATA).any(0)
+        hidden = cloud_mask(cfmask_to_hls_fmask(cf)) & ~nodata  # CFmask -9999 (the stack's nodata) = fill
+        got = outs["cfmask"][6 * t: 6 * t + 6]
+        clear = ~hidden & ~nodata
+        assert (got[:, clear] == raw[:, clear]).all()
+        assert (got[:, hidden] == np.rint(np.array(MEAN))[:, None].astype(np.int16)).all()
+        n_hidden += int(hidden.sum())
+    assert n_hidden > 20  # the stacks have CFmask clouds (class 4) and shadows (class 2)
+    assert not np.array_equal(outs["cfmask"], outs["hls"])  # read as HLS bits, the classes mean other things
+    with pytest.raises(ConfigError, match="fmask kind"):
+        predict_scene(frames, zeros, tmp_path / "x.tif", output=spec, mean=MEAN, std=STD, tile=16, overlap=4,
+                      pass_hidden=True, fmask_kind="qa_pixel")
+
+
 def test_granule_class_map_keeps_nodata(tmp_path):
     paths = synthetic.write_time_series(tmp_path / "g", size=80, seed=2, swath_edge=0.05)
     frames, _ = group_granules(map(str, paths))

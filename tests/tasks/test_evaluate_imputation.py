@@ -67,3 +67,29 @@ def test_predictions_of_geofm_predict_score_like_the_model(export, sample_dir, t
     assert s["pixels"] == 20 * 24
     assert s["mae"] == pytest.approx(s["mae_linear"], abs=1e-4)  # int16 rounding of the written prediction
     assert s["mae_linear"] > 0.001 and s["mae_nearest"] > s["mae_linear"]
+
+
+def test_predict_fills_the_cfmask_clouds_of_landsat_stacks(export, sample_dir, tmp_path):
+    """``geofm predict --fmask-kind cfmask`` on real Landsat stacks (CFmask classes in band 8)."""
+    import rasterio
+
+    from geofm.data.hls import cfmask_to_hls_fmask, cloud_mask
+
+    images = sample_dir / "landsat_p035r032" / "images"
+    stacks = [str(images / d / f"{d}_stack.gtif") for d in
+              ("LE70350322011142EDC00", "LE70350322011158EDC00", "LE70350322011174EDC00")]
+    out = tmp_path / "filled.tif"
+    assert cli.main(["predict", "--checkpoint", str(export), "--inputs", *stacks, "--stacked-fmask-band", "8",
+                     "--fmask-kind", "cfmask", "--tile", "0", "--out", str(out)]) == 0
+    with rasterio.open(out) as src:
+        filled = src.read().reshape(3, 6, src.height, src.width)
+    changed = 0
+    for t, p in enumerate(stacks):
+        with rasterio.open(p) as src:
+            raw, cf = src.read([1, 2, 3, 4, 5, 6]), src.read(8)
+        nodata = (raw == -9999).any(0)
+        hidden = cloud_mask(cfmask_to_hls_fmask(cf)) & ~nodata
+        clear = ~hidden & ~nodata
+        assert (filled[t][:, clear] == raw[:, clear]).all()  # clear pixels kept
+        changed += int((filled[t][:, hidden] != raw[:, hidden]).any(0).sum())
+    assert changed > 0  # CFmask clouds/shadows were filled

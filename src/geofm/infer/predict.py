@@ -120,7 +120,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        block: int = 512, overviews: bool = True, resume: bool = True,
                        quicklook: bool | str | os.PathLike = False,
                        stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
-                       progress: Callable[[int, int], None] | None = None, overwrite: bool = True) -> SceneResult:
+                       progress: Callable[[int, int], None] | None = None, overwrite: bool = True,
+                       fmask_kind: str = "hls") -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
     ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
@@ -136,6 +137,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     ``stacked_bands=None`` takes the model's bands (e.g. Sentinel-2 bands 2,3,4,9,12,13 of a
     13-band Sen1Floods11 stack; 1-6 for geofm exports). A multi-frame model whose frames are
     consecutive bands of one stacked file (the v1 crop model's 18-band chips) takes that one file.
+    ``fmask_kind``: "hls" (Fmask bits) or "cfmask" (Landsat CFmask classes) for the inputs' cloud layer.
     """
     from geofm.data.ingest import date_from_name
     from geofm.models.segmentation import load_finetuned
@@ -190,7 +192,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
                            overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
                            pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files), progress=progress,
-                           tags=tags, nodata_fill=info.nodata_fill)
+                           tags=tags, nodata_fill=info.nodata_fill, fmask_kind=fmask_kind)
     if quicklook:
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
         scene_quicklook(frames, out_path, png, class_names=info.class_names)

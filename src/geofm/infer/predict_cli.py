@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacked-fmask-band", type=int,
                    help="1-based Fmask band (HLS bits) of stacked GeoTIFF inputs; without it a sidecar X.Fmask.tif "
                         "beside X.tif is used. Imputation models need one or the other (or HLS granules)")
+    p.add_argument("--fmask-kind", choices=("hls", "cfmask"), default="hls",
+                   help="what the cloud layer holds: HLS Fmask bits (default) or Landsat CFmask classes (0 clear, "
+                        "1 water, 2 shadow, 3 snow, 4 cloud, 255 fill)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                              quicklook=args.quicklook, stacked_fmask_band=args.stacked_fmask_band,
                              stacked_bands=None if args.stacked_bands is None else
                              int_list(args.stacked_bands, "--stacked-bands"),
-                             progress=progress, overwrite=args.overwrite)
+                             progress=progress, overwrite=args.overwrite, fmask_kind=args.fmask_kind)
     for bar in bars:
         bar.close()
     if res.resumed_from_row:

@@ -57,7 +57,8 @@ import numpy as np
 import torch
 
 from geofm.bands import HLS_NODATA, NORMALIZED_NODATA
-from geofm.data.hls import DEFAULT_CLOUD_BITS, Frame, Grid, check_same_grid, cloud_mask, read_frame_window
+from geofm.data.hls import (DEFAULT_CLOUD_BITS, Frame, Grid, cfmask_to_hls_fmask, check_same_grid, cloud_mask,
+                            read_frame_window)
 from geofm.errors import ConfigError, DataError
 from geofm.io import atomic_path
 
@@ -281,8 +282,9 @@ class _StripReader:
 
     def __init__(self, frames: Sequence[Frame], grid: Grid, ty: AxisTiling, tx: AxisTiling,
                  mean: Sequence[float], std: Sequence[float], output: OutputSpec, need_hidden_padded: bool,
-                 cloud_bits: Sequence[str], nodata_fill: Sequence[float] | None = None):
+                 cloud_bits: Sequence[str], nodata_fill: Sequence[float] | None = None, fmask_kind: str = "hls"):
         self.frames, self.grid, self.ty, self.tx = frames, grid, ty, tx
+        self.fmask_kind = fmask_kind
         self.nodata_fill = nodata_fill
         self.mean, self.std, self.output = mean, std, output
         self.need_hidden_padded = need_hidden_padded
@@ -311,6 +313,8 @@ class _StripReader:
                              fill=self.nodata_fill)
             hidden[t] = nodata[t]
             if fmask is not None:
+                if self.fmask_kind == "cfmask":  # Landsat CFmask classes -> HLS bits
+                    fmask = cfmask_to_hls_fmask(fmask)
                 hidden[t] |= cloud_mask(fmask, self.cloud_bits)
         reflect_fill(x, top, bottom, tx.pad_before, tx.pad_after)
         pad = ((top, bottom), (tx.pad_before, tx.pad_after))
@@ -443,7 +447,8 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
                   pass_hidden: bool = False, cloud_bits: Sequence[str] = DEFAULT_CLOUD_BITS,
                   compress: str = "deflate", resume: bool = True, run_id: str = "", prefetch: bool = True,
                   progress: Callable[[int, int], None] | None = None, tags: dict | None = None,
-                  gdal_cache_mb: int = 64, nodata_fill: Sequence[float] | None = None) -> SceneResult:
+                  gdal_cache_mb: int = 64, nodata_fill: Sequence[float] | None = None,
+                  fmask_kind: str = "hls") -> SceneResult:
     """Predict a whole scene tile by tile and write ``out_path`` as a Cloud-Optimized GeoTIFF.
 
     ``frames``: T :class:`~geofm.data.hls.Frame` s on one grid (:class:`DataError` otherwise), each
@@ -457,11 +462,17 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     called after every batch. ``gdal_cache_mb`` caps GDAL's block cache while reading. The output
     has the frames' CRS, transform and ``output.nodata``; ``tags`` are added to its metadata.
     ``nodata_fill`` (per band) replaces the normalized value of nodata input pixels (default 0.0001).
+    ``fmask_kind``: the frames' cloud layer holds HLS Fmask bits ("hls") or Landsat CFmask classes
+    ("cfmask": 0 clear, 1 water, 2 shadow, 3 snow, 4 cloud, 255 fill), converted to HLS bits.
     """
     t_start = time.perf_counter()
     if not frames:
         raise DataError("no input frames given")
     check_tiling(tile, overlap, batch_size)
+    from geofm.data.series import FMASK_KINDS
+
+    if fmask_kind not in FMASK_KINDS:
+        raise ConfigError(f"fmask kind must be one of {list(FMASK_KINDS)}, got {fmask_kind!r}")
     if block < 16 or block % 16:
         raise ConfigError(f"block must be a positive multiple of 16, got {block}")
     out_path = Path(out_path)
@@ -481,7 +492,7 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     if nodata_fill is not None and len(nodata_fill) != len(mean):
         raise ConfigError(f"nodata_fill has {len(nodata_fill)} values, expected one per band ({len(mean)})")
     opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, block=block, mean=list(mean), std=list(std),
-                pass_hidden=pass_hidden, cloud_bits=list(cloud_bits), run_id=run_id,
+                pass_hidden=pass_hidden, cloud_bits=list(cloud_bits), run_id=run_id, fmask_kind=fmask_kind,
                 nodata_fill=None if nodata_fill is None else [float(v) for v in nodata_fill])
     parts = _Parts(out_path, _signature(frames, grid, output, opts), resume)
     done_row = parts.done_until(block, H)
@@ -500,7 +511,7 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     # GDAL's block cache (default 5 % of RAM) would keep every decoded block of the scene (0.5 GB
     # for a 3-frame HLS tile); capped, a block shared by two strips is at worst decoded twice.
     env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) << 20)
-    reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits, nodata_fill)
+    reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits, nodata_fill, fmask_kind)
     expected = {k: nx for k in range(k_start, ny)}
     if k_start < ny:
         expected[k_start] = nx - (i0 - k_start * nx)
