@@ -68,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
     # temporary folder, removed when the ingest ends (however it ends)
     with tempfile.TemporaryDirectory(prefix="geofm-login-") as login_dir:
         inputs, gdal_options = resolve_inputs(args.inputs, workdir=login_dir)
-        old_env = apply_gdal_env(gdal_options)  # this process (planning) and the LocalCluster it starts
+        old_env = apply_gdal_env(gdal_options)  # this process (planning, sync) and the LocalCluster it starts
+        # workers of an external cluster did not inherit that environment: the tasks carry the options
+        external = args.scheduler not in (None, "sync")
         try:
             res = ingest(inputs, args.out, cfg, storage_options=so, scheduler=args.scheduler, n_workers=args.workers,
-                         progress=progress, gdal_options=WorkerGdalOptions(gdal_options) if gdal_options else None)
+                         progress=progress,
+                         gdal_options=WorkerGdalOptions(gdal_options) if gdal_options and external else None)
         finally:
             restore_env(old_env)
     bar.close()

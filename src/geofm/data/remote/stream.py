@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -112,8 +113,6 @@ class WorkerGdalOptions:
                 if not state["users"]:
                     restore_env(state["old"])
                     if state["dir"]:
-                        import shutil
-
                         shutil.rmtree(state["dir"], ignore_errors=True)
                     state.update(key=None, old={}, dir=None)
 
