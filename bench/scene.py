@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from geofm.infer.predict import predict_checkpoint, segmentation_predictor
     from geofm.infer.scene import AxisTiling
-    from geofm.models.segmentation import load_finetuned
+    from geofm.models.finetuned import load_finetuned
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()

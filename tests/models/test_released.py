@@ -21,8 +21,10 @@ from safetensors.torch import load_file
 
 from geofm.errors import CheckpointError
 from geofm.models import load_finetuned
-from geofm.models.checkpoints import UNKNOWN, load_torch_file, read_python_config
-from geofm.models.released import SEN1FLOODS11_MEANS, SEN1FLOODS11_STDS, find_layout, load_released
+from geofm.models.checkpoints import load_torch_file
+from geofm.models.released.config_files import UNKNOWN, read_python_config
+from geofm.models.released import find_layout, load_released
+from geofm.models.released.load import SEN1FLOODS11_MEANS, SEN1FLOODS11_STDS
 
 DATA = Path(__file__).parent / "data"
 
@@ -349,6 +351,33 @@ def test_v2_matches_terratorch_golden_logits(tmp_path, name, layout):
         np.testing.assert_allclose(info.std, [SEN1FLOODS11_STDS[b] / 1e-4 for b in info.bands], rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["model.pt", "best.ckpt"])
+def test_v2_lightning_checkpoint_alone_in_a_folder_describes_itself(tmp_path, name):
+    """No config.yaml: the checkpoint's hyper_parameters.model_args are the description (CLI and library)."""
+    from geofm.cli import main
+
+    ckpt = write_v2(tmp_path / "dl", "unet_t2", "lightning")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    ckpt.rename(folder / name)
+    (folder / "notes.pt").write_bytes(b"not a checkpoint")  # other files beside it do not matter
+    assert find_layout(folder) == ("terratorch", {"weights": folder / name})
+    assert main(["convert", str(folder), str(tmp_path / "out")]) == 0
+    _, _, t = golden("unet_t2")
+    for model, info in (load_finetuned(folder), load_finetuned(tmp_path / "out")):
+        assert info.layout == "terratorch"
+        with torch.no_grad():
+            got = model(t["__input__"], t.get("__temporal_coords__"), t.get("__location_coords__"))
+        assert ((got - t["__logits__"]).abs().max() / t["__logits__"].abs().max()).item() <= 1e-3
+
+
+def test_a_pretrained_checkpoint_alone_in_a_folder_is_no_finetune(tmp_path):
+    (tmp_path / "m").mkdir()
+    torch.save({"state_dict": {"model.x": torch.ones(1)}, "hyper_parameters": {"lr": 1e-4}}, tmp_path / "m" / "a.ckpt")
+    with pytest.raises(CheckpointError, match="fits none of the fine-tuned layouts"):
+        find_layout(tmp_path / "m")
+
+
 def test_v2_tl_coordinates_change_the_logits(tmp_path):
     model, _ = load_finetuned(write_v2(tmp_path, "tl_upernet", "lightning"))
     _, _, t = golden("tl_upernet")
@@ -442,7 +471,7 @@ def test_reading_checkpoints_does_not_need_the_presets():
     import ast as _ast
 
     import geofm.models.checkpoints as ck
-    import geofm.models.released as rel
+    import geofm.models.released.load as rel
 
     for mod in (ck, rel):
         tree = _ast.parse(Path(mod.__file__).read_text())

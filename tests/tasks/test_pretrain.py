@@ -236,10 +236,10 @@ def test_two_process_training_matches_one_process(full_batch_single, tiny_overri
 
 # --------------------------------------------------------------------------- TL models get the chip metadata
 def test_tl_model_gets_dates_and_locations_from_the_store(sample_store):
-    from geofm.data.datamodule import ChipDataModule, DataSection
+    from geofm.data.datamodule import ChipDataModule, ChipDataSection
     from geofm.tasks.pretrain import MAEPretrainTask
 
-    dm = ChipDataModule(DataSection(store=str(sample_store), val_fraction=0.0, batch_size=4), return_coords=True)
+    dm = ChipDataModule(ChipDataSection(store=str(sample_store), val_fraction=0.0, batch_size=4), return_coords=True)
     dm.setup("fit")
     batch = dm.on_after_batch_transfer(next(iter(dm._loader(dm.train_ds))), 0)
     assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 6, 1, 32, 32)

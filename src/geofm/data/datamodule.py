@@ -5,7 +5,7 @@ path reads raw int16 chips in the workers and normalizes on the device
 (:meth:`~geofm.data.loader.ChipDataset.normalize_batch`). Its ``state_dict`` is the data position
 (epoch, batches consumed), saved in every checkpoint and restored on resume, so a resumed run sees
 exactly the samples the interrupted one had not yet seen. Its configuration is
-:class:`~geofm.data.loader_config.DataSection` (the ``data`` section of a pretraining config).
+:class:`~geofm.data.loader_config.ChipDataSection` (the ``data`` section of a pretraining config).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from geofm.data.loader import ChipLoader  # batches built in the workers, true batch count for Lightning
-from geofm.data.loader_config import DataSection
+from geofm.data.loader_config import ChipDataSection
 from geofm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ChipDataModule(pl.LightningDataModule):
         drop_last: every process gets the same number of chips (required for DDP).
     """
 
-    def __init__(self, data: DataSection, normalize: str | None = None, return_coords: bool = False,
+    def __init__(self, data: ChipDataSection, normalize: str | None = None, return_coords: bool = False,
                  drop_last: bool = True):
         super().__init__()
         self.cfg = data

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 
 @dataclass
-class DataSection:
+class ChipDataSection:
     """Where the chips come from and how they are batched."""
 
     store: str = ""  # chip store path or URL (s3://...)

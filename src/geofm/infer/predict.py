@@ -3,7 +3,7 @@
 >>> from geofm.infer import predict_checkpoint
 >>> result = predict_checkpoint("runs/flood/export", ["scene/"], "flood.tif", quicklook=True)  # doctest: +SKIP
 
-``predict_checkpoint`` loads the export with :func:`geofm.models.segmentation.load_finetuned`
+``predict_checkpoint`` loads the export with :func:`geofm.models.load_finetuned`
 and calls :func:`geofm.infer.scene.predict_scene`: a segmentation model writes a class map
 (or per-class probabilities), an imputation model (PrithviMAE) writes reconstructed
 reflectance where Fmask flags cloud/shadow or the input is nodata.
@@ -140,7 +140,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     ``fmask_kind``: "hls" (Fmask bits) or "cfmask" (Landsat CFmask classes) for the inputs' cloud layer.
     """
     from geofm.data.ingest import date_from_name
-    from geofm.models.segmentation import load_finetuned
+    from geofm.models.finetuned import load_finetuned
 
     check_device(device)
     check_prediction_paths(out_path, quicklook, overwrite)

@@ -1,4 +1,11 @@
-"""Prithvi ViT masked autoencoders: presets, checkpoints, necks and heads.
+"""Models: the Prithvi ViT masked autoencoder and what is built on it.
+
+Core: ``vit`` (patch and position embeddings, blocks), ``mae`` (the masked autoencoder), ``presets``
+(named configurations: ``create_model``), ``checkpoints`` (reading every published weights layout,
+writing model folders), ``necks`` + ``heads`` + ``segmentation`` (the segmentation network),
+``imputer`` (cloud-gap filling), ``export`` (the fine-tuned export format: ``FinetunedInfo``),
+``finetuned`` (``load_finetuned``: an export or a release). ``released/``: the published
+fine-tunes run as released (hls-foundation-os v1, TerraTorch v2). ``convert_cli``: ``geofm convert``.
 
 >>> from geofm.models import create_model
 >>> model = create_model("prithvi_tiny")
@@ -10,8 +17,8 @@ import importlib
 _HOME = {
     "read_checkpoint": "checkpoints", "save_pretrained": "checkpoints",
     "PrithviConfig": "mae", "PrithviMAE": "mae", "patchify": "mae", "random_masking": "mae", "unpatchify": "mae",
-    "FinetunedInfo": "segmentation", "SegmentationModel": "segmentation",
-    "build_segmentation_model": "segmentation", "load_finetuned": "segmentation", "save_finetuned": "segmentation",
+    "FinetunedInfo": "export", "load_export": "export", "save_finetuned": "export", "load_finetuned": "finetuned",
+    "SegmentationModel": "segmentation", "build_segmentation_model": "segmentation",
     "PRESETS": "presets", "build_config": "presets", "create_encoder": "presets", "create_model": "presets",
     "list_models": "presets", "PrithviViT": "vit",
 }

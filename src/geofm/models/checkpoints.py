@@ -16,7 +16,6 @@ geofm's own layout is the EO-2.0 one: ``encoder.*`` and ``decoder.*``.
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
@@ -147,127 +146,6 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"cannot read checkpoint '{path}': {e}") from e
 
 
-# --------------------------------------------------------------------------- configuration files
-class _Unknown:
-    """A value of a config file that geofm does not evaluate (a call, an import, os.path ...)."""
-
-    def __repr__(self) -> str:
-        return "<not evaluated>"
-
-
-UNKNOWN = _Unknown()
-_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
-           ast.Pow: lambda a, b: a ** b}
-_CALLS = {"dict": dict, "list": list, "tuple": tuple, "len": len, "int": int, "float": float, "str": str,
-          "round": round, "abs": abs, "min": min, "max": max}
-
-
-def _eval_node(node: ast.AST, env: dict[str, Any]) -> Any:
-    """Value of a literal-like expression; anything else is :data:`UNKNOWN` (never executed)."""
-    ev = lambda n: _eval_node(n, env)  # noqa: E731
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name):
-        return env.get(node.id, UNKNOWN)
-    if isinstance(node, (ast.List, ast.Tuple)):
-        items = [ev(e) for e in node.elts]
-        return items if isinstance(node, ast.List) else tuple(items)
-    if isinstance(node, ast.Dict):
-        if any(k is None for k in node.keys):
-            return UNKNOWN
-        keys = [ev(k) for k in node.keys]
-        if any(k is UNKNOWN or isinstance(k, (list, dict)) for k in keys):
-            return UNKNOWN
-        return {k: ev(v) for k, v in zip(keys, node.values)}
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = ev(node.operand)
-        if isinstance(v, (int, float)):
-            return -v if isinstance(node.op, ast.USub) else v
-        return UNKNOWN
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        a, b = ev(node.left), ev(node.right)
-        if a is UNKNOWN or b is UNKNOWN:
-            return UNKNOWN
-        try:
-            return _BINOPS[type(node.op)](a, b)
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-            return UNKNOWN
-    if isinstance(node, ast.JoinedStr):
-        parts = []
-        for v in node.values:
-            x = ev(v.value) if isinstance(v, ast.FormattedValue) else ev(v)
-            if x is UNKNOWN:
-                return UNKNOWN
-            parts.append(str(x))
-        return "".join(parts)
-    if isinstance(node, ast.Subscript):
-        base, key = ev(node.value), ev(node.slice)
-        try:
-            return UNKNOWN if base is UNKNOWN or key is UNKNOWN else base[key]
-        except (KeyError, IndexError, TypeError):
-            return UNKNOWN
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALLS:
-        args = [ev(a) for a in node.args]
-        kwargs: dict[str, Any] = {}
-        for k in node.keywords:
-            v = ev(k.value)
-            if k.arg is not None:
-                kwargs[k.arg] = v
-            elif isinstance(v, dict):  # dict(type="X", **other_dict)
-                kwargs.update(v)
-            else:
-                return UNKNOWN
-        if node.func.id == "dict":  # keep what is known; a dict(...) is never executed
-            if not args:
-                return kwargs
-            return {**args[0], **kwargs} if len(args) == 1 and isinstance(args[0], dict) else UNKNOWN
-        if any(a is UNKNOWN for a in args) or any(v is UNKNOWN for v in kwargs.values()):
-            return UNKNOWN
-        try:
-            return _CALLS[node.func.id](*args, **kwargs)
-        except (TypeError, ValueError):
-            return UNKNOWN
-    return UNKNOWN
-
-
-def read_python_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Top-level assignments of an mmcv/mmseg ``.py`` config, read with ``ast``: the file is never executed.
-
-    Literals, ``dict(...)``/``len``/``int`` calls, arithmetic and f-strings over earlier names are
-    evaluated; anything else (imports, ``os.path.join``, comprehensions) becomes :data:`UNKNOWN`.
-    """
-    path = Path(path)
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot parse config '{path}': {e}") from e
-    env: dict[str, Any] = {}
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign):
-            value = _eval_node(stmt.value, env)
-            for target in stmt.targets:
-                if isinstance(target, ast.Name):
-                    env[target.id] = value
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            env[stmt.target.id] = _eval_node(stmt.value, env)
-    return env
-
-
-def read_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A TerraTorch ``config.yaml`` (Lightning CLI layout) as a dict, read with ``yaml.safe_load``."""
-    import yaml
-
-    path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot parse '{path}': {e}") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"'{path}' is not a YAML mapping")
-    return cfg
-
-
 # --------------------------------------------------------------------------- reading
 def read_checkpoint(source: str | os.PathLike, *, preloaded: Any = None) -> Checkpoint:
     """Load weights (and configuration, when the source carries one) from any supported layout.
@@ -281,12 +159,7 @@ def read_checkpoint(source: str | os.PathLike, *, preloaded: Any = None) -> Chec
     if cfg_file.is_file():
         config = config_from_json(json.loads(cfg_file.read_text()))
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            raw: Any = load_file(str(path), device="cpu")
-        except Exception as e:
-            raise CheckpointError(f"cannot read safetensors file '{path}': {e}") from e
+        raw: Any = load_safetensors(path)
     else:
         raw = load_torch_file(path) if preloaded is None else preloaded
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
@@ -433,20 +306,37 @@ def guess_grid(n_tokens: int, model_grid: tuple[int, int, int], patch: tuple[int
 def save_pretrained(model: PrithviMAE, out_dir: str | os.PathLike, *, name: str | None = None,
                     encoder_only: bool = False) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (Hugging Face layout) into ``out_dir``."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-          if not (encoder_only and k.startswith("decoder."))}
+    sd = {k: v for k, v in model.state_dict().items() if not (encoder_only and k.startswith("decoder."))}
     cfg = model.config.to_dict()
     cfg.pop("extra", None)
     mean, std = stats_for(cfg["norm_stats"], cfg["in_chans"])
     config = {"model_type": "prithvi_mae", "architecture": name or "prithvi_mae", "library": "geofm",
               "encoder_only": encoder_only, "num_features": cfg["embed_dim"],
               "pretrained_cfg": dict(cfg, mean=mean, std=std)}
+    return write_model_folder(out_dir, sd, config)
+
+
+def write_model_folder(out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict[str, Any],
+                       metadata: dict[str, str] | None = None) -> Path:
+    """``out_dir/model.safetensors`` (tensors copied to contiguous CPU memory) + ``out_dir/config.json``,
+    each written atomically: the one writer of every geofm model folder. Returns ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_path(out / "model.safetensors") as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt"})
+        save_file(sd, str(tmp), metadata={"format": "pt", **(metadata or {})})
     with atomic_path(out / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file on the CPU; :class:`CheckpointError` naming the file if unreadable."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read safetensors file '{path}': {e}") from e

@@ -1,8 +1,6 @@
 """What the fine-tuning LightningModules share: strategies, optimizer and learning-rate schedule.
 
-Strategies: ``full`` (every weight trains, encoder from the checkpoint), ``frozen`` (the
-encoder's weights are fixed and it stays in eval mode; neck/head or MAE decoder train),
-``scratch`` (same network, random initialisation, every weight trains).
+The strategies and schedules are defined with the configuration (:mod:`geofm.tasks.finetune_config`).
 """
 
 from __future__ import annotations
@@ -14,9 +12,8 @@ import torch
 from torch import nn
 
 from geofm.tasks.distributed import clip_gradients_for
-from geofm.tasks.finetune import STRATEGIES
+from geofm.tasks.finetune_config import SCHEDULERS, STRATEGIES
 from geofm.training import adamw, decay_groups
-
 
 
 def build_mae(name: str | None, checkpoint: str | None, strategy: str, encoder_only: bool = False, **options):
@@ -32,9 +29,6 @@ def build_mae(name: str | None, checkpoint: str | None, strategy: str, encoder_o
     if name is not None or checkpoint is None:
         return create_model(name, None, **options)
     return PrithviMAE(build_config(None, read_checkpoint(checkpoint).config or {}, **options))
-
-
-SCHEDULERS = ("cosine", "poly", "constant")
 
 
 class FinetuneModule(pl.LightningModule):

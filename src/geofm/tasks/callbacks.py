@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
-
-if TYPE_CHECKING:
-    from geofm.tasks.pretrain import MAEPretrainTask
 
 
 class ThroughputLogger(Callback):
@@ -60,7 +56,8 @@ class Quicklook(Callback):
             self.save(pl_module, step)
 
     @torch.no_grad()
-    def save(self, pl_module: MAEPretrainTask, step: int) -> Path | None:
+    def save(self, pl_module: pl.LightningModule, step: int) -> Path | None:
+        """PNG of the cached batch; ``pl_module`` is the MAE pretraining task (``model`` a PrithviMAE)."""
         from geofm.bands import norm_stats
         from geofm.viz import rgb_stretch, save_panels, stretch_limits
 

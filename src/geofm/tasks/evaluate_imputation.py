@@ -47,7 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
     from torch.utils.data import DataLoader
 
     from geofm.data.datasets.imputation import FixedGaps
-    from geofm.models.segmentation import load_finetuned
+    from geofm.models.finetuned import load_finetuned
     from geofm.tasks.metrics import ScoreSums
 
     model, info = load_finetuned(checkpoint)

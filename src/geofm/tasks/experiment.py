@@ -25,14 +25,8 @@ import numpy as np
 
 from geofm.errors import ConfigError
 from geofm.io import atomic_path
-from geofm.tasks.finetune import (
-    STRATEGIES,
-    load_finetune_config,
-    main_metric,
-    read_epoch_metrics,
-    run_dir_of,
-    run_finetune,
-)
+from geofm.tasks.finetune import main_metric, read_epoch_metrics, run_finetune
+from geofm.tasks.finetune_config import STRATEGIES, load_finetune_config, run_dir_of
 
 log = logging.getLogger(__name__)
 

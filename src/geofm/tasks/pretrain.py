@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from geofm.config import save_config, to_dict
-from geofm.data.datamodule import ChipDataModule, ChipLoader, DataSection, split_slots
+from geofm.data.datamodule import ChipDataModule, ChipDataSection, ChipLoader, split_slots
 from geofm.errors import ConfigError, DataError
 from geofm.runtime import quiet_engine_logs
 from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
@@ -37,10 +37,10 @@ from geofm.tasks.distributed import CPUFSDPStrategy, SafeCheckpointIO, clip_grad
 from geofm.training import adamw, compile_module, decay_groups, resolve_compile
 from geofm.tasks.pretrain_config import (
     PRECISIONS,
-    ModelSection,
-    OptimSection,
     PretrainConfig,
-    TrainerSection,
+    PretrainModelSection,
+    PretrainOptimSection,
+    PretrainTrainerSection,
     check_config,
     load_pretrain_config,
     model_options,
@@ -49,8 +49,9 @@ from geofm.tasks.pretrain_config import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "CPUFSDPStrategy", "ChipDataModule", "ChipLoader", "DataSection", "MAEPretrainTask",
-           "ModelSection", "OptimSection", "PretrainConfig", "Quicklook", "ThroughputLogger", "TrainerSection",
+__all__ = ["PRECISIONS", "CPUFSDPStrategy", "ChipDataModule", "ChipDataSection", "ChipLoader", "MAEPretrainTask",
+           "PretrainConfig", "PretrainModelSection", "PretrainOptimSection", "PretrainTrainerSection", "Quicklook",
+           "ThroughputLogger",
            "build_task", "build_trainer", "check_config", "export", "load_pretrain_config", "lr_factor",
            "make_strategy", "model_options", "prepare_store", "resolve_resume", "run_pretrain", "split_slots",
            "to_dict"]
@@ -98,7 +99,7 @@ class MAEPretrainTask(pl.LightningModule):
                                    "checkpoint": checkpoint, "mask_ratio": mask_ratio, "optim": dict(optim or {}),
                                    "exclude_nodata": exclude_nodata, "seed": seed, "compile": compile,
                                    "model_config": self.model.config.to_dict()})
-        self.optim = OptimSection(**(optim or {})) if not isinstance(optim, OptimSection) else optim
+        self.optim = PretrainOptimSection(**(optim or {})) if not isinstance(optim, PretrainOptimSection) else optim
         self.mask_ratio = mask_ratio
         self.exclude_nodata = exclude_nodata
         self.seed = seed

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geofm.config import load_config
-from geofm.data.loader_config import DataSection
+from geofm.data.loader_config import ChipDataSection
 from geofm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
 
 @dataclass
-class ModelSection:
+class PretrainModelSection:
     """Which model: a preset name, option overrides, optional starting weights."""
 
     name: str = "prithvi_tiny"
@@ -34,7 +34,7 @@ class ModelSection:
 
 
 @dataclass
-class OptimSection:
+class PretrainOptimSection:
     """AdamW + linear warmup + cosine decay (per optimizer step)."""
 
     lr: float = 1.5e-4
@@ -50,7 +50,7 @@ class OptimSection:
 
 
 @dataclass
-class TrainerSection:
+class PretrainTrainerSection:
     """What Lightning's Trainer gets."""
 
     max_steps: int = -1  # optimizer steps; -1: use max_epochs
@@ -76,10 +76,10 @@ class TrainerSection:
 class PretrainConfig:
     """A pretraining run (``geofm pretrain --config configs/pretrain/tiny.yaml``)."""
 
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    trainer: TrainerSection = field(default_factory=TrainerSection)
+    model: PretrainModelSection = field(default_factory=PretrainModelSection)
+    data: ChipDataSection = field(default_factory=ChipDataSection)
+    optim: PretrainOptimSection = field(default_factory=PretrainOptimSection)
+    trainer: PretrainTrainerSection = field(default_factory=PretrainTrainerSection)
     out_dir: str = "outputs/pretrain/run"
 
 

@@ -1,14 +1,14 @@
 """Run the released fine-tuned Prithvi models as published: find the layout, build the network, load the
-weights, and carry the released preprocessing in :class:`~geofm.models.segmentation.FinetunedInfo`.
+weights, and carry the released preprocessing in :class:`~geofm.models.export.FinetunedInfo`.
 
 Layouts (see docs/formats.md):
 
 * ``hls_foundation`` — Prithvi-EO-1.0 fine-tunes of hls-foundation-os: ``<name>.pth`` (mmcv
   checkpoint) with its mmseg config ``<name>.py`` beside it (a folder holding both, or the
-  ``.pth``). The config is read with ``ast``, never executed. Network: :mod:`geofm.models.hls_foundation`.
+  ``.pth``). The config is read with ``ast``, never executed. Network: :mod:`geofm.models.released.hls_foundation`.
 * ``terratorch`` — Prithvi-EO-2.0 fine-tunes of TerraTorch: a Lightning checkpoint (``.ckpt``/``.pt``
   with ``state_dict`` keys ``model.*`` and ``hyper_parameters.model_args``) or a Hugging Face folder
-  (``config.yaml`` + a ``.pt``/``.ckpt``). Network: :mod:`geofm.models.terratorch_prithvi`.
+  (``config.yaml`` + a ``.pt``/``.ckpt``). Network: :mod:`geofm.models.released.terratorch_prithvi`.
 * ``geofm_released`` — what ``geofm convert`` writes from either: ``config.json`` (with a
   ``released`` section) + ``model.safetensors``.
 
@@ -31,12 +31,11 @@ from torch import nn
 
 from geofm.bands import HLS_NODATA, MODEL_BANDS, norm_stats
 from geofm.errors import CheckpointError
-from geofm.io import atomic_path
-from geofm.models.checkpoints import (UNKNOWN, check_keys, group_keys, load_torch_file, read_python_config,
-                                     read_yaml_config)
-from geofm.models.hls_foundation import HLSFoundationConfig, HLSFoundationSegmenter
-from geofm.models.segmentation import FinetunedInfo
-from geofm.models.terratorch_prithvi import TerraTorchConfig, TerraTorchSegmenter, adapt_keys
+from geofm.models.checkpoints import check_keys, group_keys, load_safetensors, load_torch_file, write_model_folder
+from geofm.models.export import FinetunedInfo
+from geofm.models.released.config_files import UNKNOWN, read_python_config, read_yaml_config
+from geofm.models.released.hls_foundation import HLSFoundationConfig, HLSFoundationSegmenter
+from geofm.models.released.terratorch_prithvi import TerraTorchConfig, TerraTorchSegmenter, adapt_keys
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +81,26 @@ def find_layout(path: str | os.PathLike) -> tuple[str, dict[str, Path]]:
         return "terratorch", {"weights": weights[0], "config": yaml[0]}
     if p.is_file() and p.suffix in (".ckpt", ".pt"):
         return "terratorch", {"weights": p}
-    if len(weights) == 1 and weights[0].suffix == ".ckpt":
-        return "terratorch", {"weights": weights[0]}
+    described = [w for w in weights if _describes_itself(w)]
+    if len(described) == 1:  # a TerraTorch Lightning checkpoint alone: its hyper_parameters hold the model
+        return "terratorch", {"weights": described[0]}
     found = sorted(f.name for f in folder.iterdir())[:12] if folder.is_dir() else []
     raise CheckpointError(
         f"'{path}' fits none of the fine-tuned layouts geofm reads: geofm export (config.json + model.safetensors), "
-        f"hls-foundation-os v1 (<name>.pth + <name>.py mmseg config), TerraTorch v2 (Lightning .ckpt with "
-        f"hyper_parameters.model_args, or config.yaml + .pt); found {found}")
+        f"hls-foundation-os v1 (<name>.pth + <name>.py mmseg config), TerraTorch v2 (Lightning .pt/.ckpt with "
+        f"hyper_parameters.model_args, or config.yaml + .pt/.ckpt); found {found}")
+
+
+def _describes_itself(weights: Path) -> bool:
+    """True when ``weights`` is a Lightning checkpoint carrying ``hyper_parameters.model_args`` (TerraTorch).
+
+    Zip checkpoints are memory-mapped, so only the pickled structure is read, not the tensors."""
+    try:
+        raw = load_torch_file(weights)
+    except CheckpointError:
+        return False
+    hp = raw.get("hyper_parameters") if isinstance(raw, dict) else None
+    return isinstance(hp, dict) and isinstance(hp.get("model_args"), dict)
 
 
 # --------------------------------------------------------------------------- key checks
@@ -317,8 +329,6 @@ def _info(model: nn.Module, layout: str, files: dict[str, Path], pre: dict[str, 
 
 
 def _load_export(files: dict[str, Path], raw: dict[str, Any]) -> tuple[nn.Module, FinetunedInfo]:
-    from safetensors.torch import load_file
-
     rel = raw["released"]
     family = rel.get("layout")
     if family == "hls_foundation":
@@ -328,10 +338,7 @@ def _load_export(files: dict[str, Path], raw: dict[str, Any]) -> tuple[nn.Module
     else:
         raise CheckpointError(f"'{files['config']}': released.layout must be one of hls_foundation, terratorch; "
                               f"got {family!r}")
-    try:
-        sd = load_file(str(files["weights"]), device="cpu")
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read safetensors file '{files['weights']}': {e}") from e
+    sd = load_safetensors(files["weights"])
     if family == "hls_foundation" and not any(k.startswith("auxiliary_head.") for k in sd):
         model.auxiliary_head = None
     load_strict(model, sd, "geofm_released", str(files["weights"]))
@@ -371,8 +378,6 @@ def load_released(path: str | os.PathLike, *, preloaded: Any = None) -> tuple[nn
 
 def save_released(model: nn.Module, info: FinetunedInfo, out_dir: str | os.PathLike) -> Path:
     """Write a released model as a geofm export: ``model.safetensors`` + ``config.json`` (each atomically)."""
-    from safetensors.torch import save_file
-
     if not isinstance(model, (HLSFoundationSegmenter, TerraTorchSegmenter)):
         raise TypeError(f"save_released takes a released-model network, got {type(model).__name__}")
     layout = "hls_foundation" if isinstance(model, HLSFoundationSegmenter) else "terratorch"
@@ -386,14 +391,7 @@ def save_released(model: nn.Module, info: FinetunedInfo, out_dir: str | os.PathL
         "extra": {k: v for k, v in info.extra.items() if k not in ("files", "family_config")}
         | {"converted_from": info.source},
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt", "geofm_task": "segmentation"})
-    with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-    return out
+    return write_model_folder(out_dir, model.state_dict(), config, {"geofm_task": "segmentation"})
 
 
 __all__ = ["LAYOUTS", "find_layout", "load_released", "load_strict", "save_released"]
