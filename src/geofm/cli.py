@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 
 # name -> (module with add_arguments/run, one-line help)
@@ -56,8 +57,25 @@ def command_of(argv: list[str]) -> str | None:
     return None
 
 
+_NUMBER_LIST = re.compile(r"-\d*\.?\d+(?:[eE][-+]?\d+)?(?:,-?\d*\.?\d+(?:[eE][-+]?\d+)?)+")
+
+
+def glue_number_lists(argv: list[str]) -> list[str]:
+    """``--opt -1.5,2,...`` -> ``--opt=-1.5,2,...``: argparse takes a value that starts with ``-`` and is
+    not one number for an option, so ``--bbox -122.5,37.1,-121.9,37.6`` would fail as typed."""
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":  # the rest are positional values
+            return out + argv[i:]
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NUMBER_LIST.fullmatch(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = glue_number_lists(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]

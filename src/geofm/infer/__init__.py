@@ -1,4 +1,6 @@
-"""Whole-scene windowed inference to georeferenced GeoTIFF.
+"""Whole-scene windowed inference to georeferenced GeoTIFF: ``scene`` (tiles, blending, windowed COG
+writing: :func:`predict_scene`), ``predict`` (a fine-tuned model on a scene: :func:`predict_checkpoint`),
+``predict_cli`` (``geofm predict``).
 
 >>> from geofm.infer import predict_checkpoint, predict_scene, OutputSpec  # doctest: +SKIP
 """

@@ -261,7 +261,7 @@ def run_finetune(cfg: FinetuneConfig, stage: str = "fit") -> Path:
         return out
     _load_finetuned_into(task, cfg, run_dir)
     if stage == "predict":
-        from geofm.tasks.predict import write_predictions
+        from geofm.tasks.chip_predictions import write_predictions
 
         return write_predictions(task, dm, run_dir / "predictions", quicklooks=cfg.predict.quicklooks)
     trainer = make_trainer(cfg, run_dir)

@@ -132,6 +132,18 @@ def test_kill_9_then_rerun_gives_complete_identical_files(nasa, tmp_path, no_ear
     assert sum(r["status"] == "skipped" for r in log) == len(done_before)
 
 
+@pytest.mark.parametrize("bbox", [["--bbox", "-122.5,37.1,-121.9,37.6"], ["--bbox=-122.5,37.1,-121.9,37.6"],
+                                  ["--bbox", "-122.5", "37.1", "-121.9", "37.6"]])
+def test_search_bbox_west_of_greenwich_as_typed(bbox, nasa, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    argv = ["search", *bbox, "--start", "2021-05-01", "--end", "2021-09-30", "--out", str(out),
+            "--stac-url", nasa.stac_url, "--page-interval", "0"]
+    assert main(argv) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["geofm:search"]["bbox"] == [-122.5, 37.1, -121.9, 37.6]
+    assert doc["features"]  # the fake service's 10SEG granules lie in that box
+
+
 @pytest.mark.parametrize("bad", [{"--bbox": "1,2,3"}, {"--start": "2021-13-01"}, {"--end": "2021-04-01"},
                                  {"--collections": ""}])
 def test_search_cli_errors(bad, nasa, tmp_path, capsys):

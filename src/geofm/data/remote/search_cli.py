@@ -9,7 +9,7 @@ DEFAULT_STAC_URL = "https://cmr.earthdata.nasa.gov/stac/LPCLOUD"  # = stac.DEFAU
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(","))
+        return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected W,S,E,N numbers, got '{text}'") from None
 
@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collections", default="HLSS30,HLSL30",
                    help="comma-separated; HLSS30, HLSS30_2.0 and HLSS30.v2.0 all work (default: HLSS30,HLSL30)")
     area = p.add_argument_group("area (one of)")
-    area.add_argument("--bbox", type=_floats, help="W,S,E,N in degrees")
+    area.add_argument("--bbox", type=_floats, nargs="+", metavar="W,S,E,N",
+                      help="W,S,E,N in degrees (-122.5,37.1,-121.9,37.6 or four numbers: -122.5 37.1 -121.9 37.6)")
     area.add_argument("--aoi", help="GeoJSON file with the area of interest (polygons)")
     area.add_argument("--tiles", help="MGRS tiles, e.g. 10SEG,10SFG (alone, or to keep only those tiles of the area)")
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
@@ -37,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from geofm.progress import progress_bar
 
     aoi = stac.read_aoi(args.aoi) if args.aoi else None
-    if args.bbox is not None and len(args.bbox) != 4:
+    bbox = None if args.bbox is None else tuple(v for part in args.bbox for v in part)
+    if bbox is not None and len(bbox) != 4:
         from geofm.errors import ConfigError
 
-        raise ConfigError(f"--bbox: expected 4 numbers W,S,E,N, got {len(args.bbox)}")
+        raise ConfigError(f"--bbox: expected 4 numbers W,S,E,N, got {len(bbox)}")
     q = stac.SearchQuery(collections=tuple(c for c in args.collections.split(",") if c.strip()), start=args.start,
-                         end=args.end, bbox=args.bbox, intersects=aoi,
+                         end=args.end, bbox=bbox, intersects=aoi,
                          tiles=tuple(args.tiles.split(",")) if args.tiles else (), max_cloud=args.max_cloud,
                          max_items=args.max_items)
     bar = progress_bar(desc="search", unit="pages")

@@ -445,13 +445,6 @@ def adapt_keys(sd: dict[str, torch.Tensor], model: TerraTorchSegmenter) -> tuple
     return out, ignored
 
 
-def coords_from_dates(dates: Sequence, lat: float | None = None, lon: float | None = None):
-    """(1, T, 2) (year, day of year) and (1, 2) (lat, lon) tensors from dates and a position (helpers for callers)."""
-    temporal = torch.tensor([[[d.year, d.timetuple().tm_yday] for d in dates]], dtype=torch.float32)
-    location = None if lat is None or lon is None else torch.tensor([[lat, lon]], dtype=torch.float32)
-    return temporal, location
-
-
 __all__ = ["BACKBONES", "LearnedInterpolateToPyramidal", "SegmentationHead", "TerraTorchConfig",
            "TerraTorchPrithviViT", "TerraTorchSegmenter", "UNetDecoder", "UperNetDecoder", "adapt_keys",
            "build_necks", "tokens_to_image"]

@@ -1,4 +1,6 @@
-"""Predictions of a fine-tuned task as georeferenced GeoTIFFs + PNG quicklooks.
+"""Chip predictions of ``geofm finetune --stage predict``: georeferenced GeoTIFFs + PNG quicklooks per chip.
+
+(Whole scenes are :mod:`geofm.infer`.)
 
 Segmentation: ``<id>_r<row>_c<col>_pred.tif`` uint8 class indices (255 where the input has no
 data) on the CRS/transform of the input window, and a quicklook RGB | label | prediction.
