@@ -6,7 +6,7 @@
    imagery only: the *training* tiles of the Spain_7370579 Sentinel-2 chip (labels unused;
    validation and test tiles excluded) and the bundled 30 m HLS chip (UTM 14N), random
    64×64 crops with flips/rot90; exports it with ``save_pretrained``.
-2. Runs ``geofm experiment`` on ``configs/finetune/tiny_flood.yaml`` with that export:
+2. Runs ``geofm experiment`` on the bundled ``finetune/tiny_flood`` config with that export:
    strategies full / frozen / scratch × label fractions × seeds.
 Writes into ``bench/_out/finetune/`` (results.csv, data_efficiency.png, curves.png) and
 prints the test mIoU / water IoU table. Small data: the numbers show the machinery and the
@@ -34,7 +34,7 @@ def pretraining_images() -> list[torch.Tensor]:
     from geofm.data.sample_store import SAMPLE, SOURCES, read_sample_image
     from geofm.tasks.finetune import build_datamodule, load_finetune_config
 
-    cfg = load_finetune_config(REPO / "configs" / "finetune" / "tiny_flood.yaml")
+    cfg = load_finetune_config("finetune/tiny_flood")
     dm = build_datamodule(cfg)
     train = dm.train_set.subset(range(len(dm.train_set)))  # no crops / flips: plain tiles
     images = [train[i]["image"] for i in range(len(train))]
@@ -95,7 +95,7 @@ def main() -> int:
     fractions = [float(f) for f in args.fractions.split(",")]
     t0 = time.perf_counter()
     overrides = [f"model.checkpoint={pre}", "model.name=null", f"trainer.max_epochs={args.epochs}"]
-    paths = run_experiment(REPO / "configs" / "finetune" / "tiny_flood.yaml", ["full", "frozen", "scratch"], fractions,
+    paths = run_experiment("finetune/tiny_flood", ["full", "frozen", "scratch"], fractions,
                            args.seeds, overrides, out / "grid")
     print(f"grid: {time.perf_counter() - t0:.0f} s; {paths['csv']}")
     with open(paths["csv"]) as f:

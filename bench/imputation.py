@@ -1,6 +1,6 @@
 """Cloud-gap imputation vs temporal interpolation, per held-out series (model / linear / nearest on the same pixels).
 
-    .venv/bin/python bench/imputation.py                      # trains configs/finetune/tiny_imputation.yaml
+    .venv/bin/python bench/imputation.py                      # trains the bundled finetune/tiny_imputation config
     .venv/bin/python bench/imputation.py --run-dir outputs/finetune/tiny_imputation --no-fit
 
 Fits the shipped tiny config (unless ``--no-fit``), then scores its export with the fixed-mask
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(REPO / "configs" / "finetune" / "tiny_imputation.yaml"))
+    p.add_argument("--config", default="finetune/tiny_imputation")
     p.add_argument("--run-dir", default=str(REPO / "outputs" / "finetune" / "tiny_imputation"))
     p.add_argument("--no-fit", action="store_true", help="score the existing export of --run-dir")
     p.add_argument("overrides", nargs="*")

@@ -4,7 +4,7 @@
 
 Every case is the same Lightning fit (``geofm.tasks.pretrain.run_pretrain``) of a small Prithvi
 MAE (``--dim`` x 4 blocks) on the sample store of real 32x32 chips x 8 rotations/flips (2440
-chips, built from data/sample into bench/_data on first use), each case in its own process with
+chips, built from the bundled sample data into bench/_data on first use), each case in its own process with
 one compute thread per process:
 
 * ``memory``: the chips preloaded as normalized tensors (no IO, no decoding): the ceiling;

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from geofm.resources import sample_dir as _bundled_sample
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "sample"
+SAMPLE = _bundled_sample()
 SHARED_DATA = REPO.parent / "shared" / "data"
+# configs' {shared} paths resolve to the same folder from any working directory
+os.environ.setdefault("GEOFM_SHARED_DATA", str(SHARED_DATA))
 
 # Keep CPU tests on a fixed, small thread count so timings and results are stable.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -17,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    """Bundled, permissively licensed sample data (``data/sample``)."""
+    """Bundled, permissively licensed sample data (``geofm/data/sample``, package data)."""
     return SAMPLE
 
 

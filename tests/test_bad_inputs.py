@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from geofm.resources import sample_dir
+
 REPO = Path(__file__).resolve().parents[1]
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0  # root writes into read-only folders
 
@@ -33,11 +35,11 @@ class Case:
 
 
 INGEST = ["ingest", "{hls}", "--scheduler", "sync", "--chip-size", "32"]
-PRETRAIN_BASE = ["pretrain", "--config", str(REPO / "configs" / "pretrain" / "tiny.yaml"), "data.store={store}",
+PRETRAIN_BASE = ["pretrain", "--config", "pretrain/tiny", "data.store={store}",
                  "data.build_sample_store=false", "data.batch_size=2", "data.val_fraction=0"]
 PRETRAIN = [*PRETRAIN_BASE, "out_dir={new}"]
-FINETUNE = ["finetune", "--config", str(REPO / "configs" / "finetune" / "tiny_flood.yaml"), "run_dir={new}"]
-EXPERIMENT = ["experiment", "--config", str(REPO / "configs" / "finetune" / "tiny_flood.yaml"), "--seeds", "1"]
+FINETUNE = ["finetune", "--config", "finetune/tiny_flood", "run_dir={new}"]
+EXPERIMENT = ["experiment", "--config", "finetune/tiny_flood", "--seeds", "1"]
 PREDICT = ["predict", "--checkpoint", "{export}", "--inputs", "{hls}", "--out"]
 
 CASES = [
@@ -249,7 +251,7 @@ def build_workspace(root: Path) -> dict[str, Path]:
     with rasterio.open(victim, "w", **profile) as dst:
         dst.write(arr)
     # 8-band Landsat stacks bundled with the repository (real, 5x5 px)
-    w["stacks"] = REPO / "data" / "sample" / "landsat_p035r032" / "images"
+    w["stacks"] = sample_dir() / "landsat_p035r032" / "images"
     torch.manual_seed(0)
     model = build_segmentation_model("prithvi_tiny", num_classes=2)
     mean, std = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]

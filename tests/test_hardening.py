@@ -152,7 +152,7 @@ def test_pretraining_never_exports_an_untrained_model(tmp_path, sample_dir):
 
     chips = build_sample_store(tmp_path / "chips.zarr", sample_dir=sample_dir)
     pq.write_table(pa.table({"slot": pa.array(np.zeros(0, np.int64))}), tmp_path / "empty.parquet")
-    cfg = load_pretrain_config(REPO / "configs" / "pretrain" / "tiny.yaml",
+    cfg = load_pretrain_config("pretrain/tiny",
                                [f"data.store={chips}", f"data.index={tmp_path / 'empty.parquet'}",
                                 f"out_dir={tmp_path / 'run'}", "data.build_sample_store=false"])
     with pytest.raises(ConfigError, match="0 training chip"):
@@ -186,10 +186,10 @@ def test_experiment_checks_the_whole_grid_before_the_first_run(tmp_path, monkeyp
     calls = []
     monkeypatch.setattr(experiment, "run_finetune", lambda cfg, stage: calls.append(cfg))
     with pytest.raises(ConfigError, match="frozn"):
-        experiment.run_experiment(REPO / "configs" / "finetune" / "tiny_flood.yaml", ["full", "frozn"], [1.0], 1,
+        experiment.run_experiment("finetune/tiny_flood", ["full", "frozn"], [1.0], 1,
                                   out_dir=tmp_path / "exp")
     with pytest.raises(ConfigError, match="1.5"):
-        experiment.run_experiment(REPO / "configs" / "finetune" / "tiny_flood.yaml", ["full"], [0.5, 1.5], 1,
+        experiment.run_experiment("finetune/tiny_flood", ["full"], [0.5, 1.5], 1,
                                   out_dir=tmp_path / "exp")
     assert calls == [] and not (tmp_path / "exp").exists()
 

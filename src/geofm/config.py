@@ -28,6 +28,7 @@ import yaml
 
 from geofm.errors import ConfigError
 from geofm.io import atomic_path
+from geofm.resources import bundled_configs, config_file
 
 T = TypeVar("T")
 
@@ -106,7 +107,15 @@ def build_config(schema: type[T], data: Mapping[str, Any] | None = None, overrid
 
 
 def load_config(schema: type[T], path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> T:
-    """Read ``path`` (YAML; None = schema defaults), apply overrides, validate into ``schema``."""
+    """Read ``path`` (YAML; None = schema defaults), apply overrides, validate into ``schema``.
+
+    ``path`` is a file, or the name of a bundled config (``finetune/tiny_flood``: see
+    :func:`geofm.resources.config_file`)."""
+    if path is not None:
+        path = config_file(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist, and no bundled config has that name "
+                              f"(bundled: {', '.join(bundled_configs())})")
     data = read_yaml(path) if path is not None else {}
     return build_config(schema, data, overrides, source=str(path) if path is not None else "<defaults>")
 

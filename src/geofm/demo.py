@@ -24,11 +24,9 @@ import logging
 import time
 from pathlib import Path
 
+from geofm.resources import sample_dir
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "data" / "sample"
 
 
 def _metric_curve(csv_path: Path, column: str) -> list[float]:
@@ -39,10 +37,10 @@ def _metric_curve(csv_path: Path, column: str) -> list[float]:
 
 
 def step_pretrain(out: Path, steps: int) -> dict:
-    """Tiny MAE pretraining (configs/pretrain/tiny.yaml) on the real sample chips."""
+    """Tiny MAE pretraining (the bundled pretrain/tiny config) on the real sample chips."""
     from geofm.tasks.pretrain import load_pretrain_config, run_pretrain
 
-    cfg = load_pretrain_config(REPO / "configs" / "pretrain" / "tiny.yaml", [
+    cfg = load_pretrain_config("pretrain/tiny", [
         f"data.store={out / 'stores' / 'sample_chips32.zarr'}", f"out_dir={out / 'pretrain'}",
         f"trainer.max_steps={steps}", f"trainer.quicklook_every={max(1, steps // 2)}",
         f"trainer.checkpoint_every={max(1, steps // 2)}"])
@@ -58,12 +56,12 @@ def step_pretrain(out: Path, steps: int) -> dict:
 
 
 def step_finetune(out: Path, encoder: Path, epochs: int) -> dict:
-    """Flood fine-tuning (configs/finetune/tiny_flood.yaml) from the pretrained encoder, then predictions."""
+    """Flood fine-tuning (the bundled finetune/tiny_flood config) from the pretrained encoder, then predictions."""
     import json
 
     from geofm.tasks.finetune import load_finetune_config, run_finetune
 
-    cfg = load_finetune_config(REPO / "configs" / "finetune" / "tiny_flood.yaml", [
+    cfg = load_finetune_config("finetune/tiny_flood", [
         f"model.checkpoint={encoder}", "model.name=null", f"run_dir={out / 'finetune'}",
         f"trainer.max_epochs={epochs}"])
     export = Path(run_finetune(cfg, "fit"))
@@ -81,7 +79,7 @@ def step_predict(out: Path, export: Path, granules: Path) -> list[dict]:
     from geofm.data.hls import stacked_frame
     from geofm.infer.predict import predict_checkpoint
 
-    s2 = SAMPLE / "sen1floods11" / "S2Hand" / "Spain_7370579_S2Hand.tif"
+    s2 = sample_dir() / "sen1floods11" / "S2Hand" / "Spain_7370579_S2Hand.tif"
     one_date = sorted(granules.glob("HLS.S30.T10SEG.*.tif"))[:7]  # the first granule: 6 bands + Fmask
     jobs = [("flood_map_spain.tif", [stacked_frame(str(s2), [b + 1 for b in S2_BANDS_0BASED])]),
             ("flood_map_10SEG.tif", [str(p) for p in one_date])]

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,11 @@ from geofm.data.datasets import sen1floods11
 from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops
 from geofm.errors import ConfigError, DataError
 from geofm.models import create_model, load_finetuned, save_pretrained
+from geofm.resources import configs_dir
 from geofm.tasks import experiment
 from geofm.tasks.finetune import build_datamodule, build_task, load_finetune_config, run_finetune
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs" / "finetune"
+CONFIGS = configs_dir() / "finetune"
 FAST = ["trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -216,8 +216,8 @@ def test_two_process_training_matches_one_process(full_batch_single, tiny_overri
     d, extra = full_batch_single
     extra = dict(extra, **{"data.batch_size": 16, "trainer.strategy": strategy, "trainer.devices": 2})
     out = tmp_path / strategy
-    proc = subprocess.run([sys.executable, "-m", "geofm.cli", "pretrain", "--config", str(REPO / "configs" / "pretrain"
-                           / "tiny.yaml")] + tiny_overrides(out, extra), env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "geofm.cli", "pretrain", "--config", "pretrain/tiny"]  # bundled, by name
+                          + tiny_overrides(out, extra), env=_env(), capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"run directory: {out}" in proc.stdout

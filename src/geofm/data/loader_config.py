@@ -16,7 +16,7 @@ class ChipDataSection:
 
     store: str = ""  # chip store path or URL (s3://...)
     storage_options: dict[str, Any] = field(default_factory=dict)
-    build_sample_store: bool = False  # store missing -> build it from the bundled data/sample images
+    build_sample_store: bool = False  # store missing -> build it from the bundled sample images
     index: str | None = None  # stratified sampling index (parquet/.npy from `geofm sample`)
     bands: list[int] | None = None  # band subset (indices into the store's bands)
     normalize: Literal["v1", "v2"] | None = None  # None: the model's norm_stats

@@ -1,6 +1,6 @@
-"""A small chip store cut from the bundled real sample images (``data/sample``), for laptop runs.
+"""A small chip store cut from the bundled real sample images (``geofm/data/sample``), for laptop runs.
 
-Sources (see ``data/sample/ATTRIBUTION.md`` for origins and licences):
+Sources (see ``geofm/data/sample/ATTRIBUTION.md`` for origins and licences):
 
 * ``hls_chip/regression_test_0_input.tif``: a real 224x224 HLS chip, UTM 14N, 30 m; bands 2-7
   are Blue, Green, Red, NIR, SWIR1, SWIR2 (reflectance x10000, float32 in the file).
@@ -26,12 +26,12 @@ import numpy as np
 
 from geofm.bands import HLS_NODATA, MODEL_BANDS
 from geofm.data import store
+from geofm import resources
 from geofm.errors import DataError
 
 log = logging.getLogger(__name__)
 
-SAMPLE = Path(__file__).resolve().parents[3] / "data" / "sample"
-#: (file under data/sample, 1-based band indices of the six model bands, file nodata value, tile label)
+#: (file under the sample folder, 1-based band indices of the six model bands, file nodata value, tile label)
 SOURCES = (
     ("hls_chip/regression_test_0_input.tif", (2, 3, 4, 5, 6, 7), "hls_regression_test_0"),
     ("sen1floods11/S2Hand/Spain_7370579_S2Hand.tif", (2, 3, 4, 9, 12, 13), "s2_spain_7370579"),
@@ -47,7 +47,7 @@ def read_sample_image(path: str | os.PathLike, bands: tuple[int, ...]) -> tuple[
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"sample image '{path}' is missing: expected the bundled data/sample folder")
+        raise DataError(f"sample image '{path}' is missing: expected the bundled geofm/data/sample folder")
     with rasterio.open(path) as src:
         out = _to_int16(src.read(list(bands)), src.nodata, str(path))
         transform, crs = src.transform, src.crs.to_string()
@@ -96,7 +96,7 @@ def build_sample_store(out: str | os.PathLike, chip_size: int = 32, shard: int =
     out = Path(out)
     if (out / store.METADATA).is_file():
         return out
-    root = Path(sample_dir) if sample_dir is not None else SAMPLE
+    root = Path(sample_dir) if sample_dir is not None else resources.sample_dir()
     chips, rows = [], {k: [] for k in _schema().names}
     for series, (rel, bands, tile) in enumerate(SOURCES):
         image, tf, crs = read_sample_image(root / rel, bands)

@@ -184,7 +184,7 @@ def plot_curves(out: Path, strategies: Sequence[str], fraction: float, seeds: in
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="fine-tuning YAML (configs/finetune/<task>.yaml)")
+    p.add_argument("--config", required=True, help="fine-tuning YAML, or a bundled config by name (finetune/tiny_flood, ...)")
     p.add_argument("--strategies", default="full,frozen,scratch", help="comma-separated: full, frozen, scratch")
     p.add_argument("--label-fractions", default="1,0.5,0.25,0.1", help="comma-separated fractions in (0, 1]")
     p.add_argument("--seeds", type=int, default=3, help="seeds per (strategy, fraction)")

@@ -1,6 +1,6 @@
 """``geofm finetune``: fit / validate / test / predict one downstream task from a YAML config.
 
->>> cfg = load_finetune_config("configs/finetune/tiny_flood.yaml", ["optim.strategy=frozen"])
+>>> cfg = load_finetune_config("finetune/tiny_flood", ["optim.strategy=frozen"])
 >>> export_dir = run_finetune(cfg, stage="fit")   # doctest: +SKIP
 
 A run folder (``run_dir``, default ``outputs/finetune/<name>``) receives ``config.yaml`` (the
@@ -325,7 +325,7 @@ def read_epoch_metrics(metrics_csv: Path, column: str) -> list[tuple[int, float]
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML config (configs/finetune/<task>.yaml)")
+    p.add_argument("--config", required=True, help="YAML file, or a bundled config by name: finetune/tiny_flood, finetune/sen1floods11, ...")
     p.add_argument("--stage", choices=STAGES, default="fit", help="what to run (default: fit)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.strategy=frozen")
 

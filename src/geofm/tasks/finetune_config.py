@@ -1,9 +1,9 @@
 """The configuration of a fine-tuning run and its checks before any work (no torch, no Lightning).
 
 :class:`FinetuneConfig` is read from YAML + ``section.key=value`` overrides, checked by
-:mod:`geofm.config` (see ``configs/finetune/*.yaml``) and by :func:`check_values`, before any data
+:mod:`geofm.config` (bundled: ``geofm/configs/finetune/*.yaml``) and by :func:`check_values`, before any data
 is read. Paths in a config may start with ``{sample}`` (the bundled sample data), ``{shared}``
-(``../shared/data`` beside the checkout) or ``{run_dir}``.
+(``$GEOFM_SHARED_DATA``, else ``../shared/data``: see :mod:`geofm.resources`) or ``{run_dir}``.
 
 Strategies: ``full`` (every weight trains, encoder from the checkpoint), ``frozen`` (the encoder's
 weights are fixed and it stays in eval mode; neck/head or MAE decoder train), ``scratch`` (same
@@ -19,13 +19,11 @@ from typing import Any, Literal
 
 from geofm.config import load_config
 from geofm.errors import ConfigError
+from geofm.resources import sample_dir, shared_dir
 
 Strategy = Literal["full", "frozen", "scratch"]  # fine-tune all, train only the new layers, random init
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
 
-REPO = Path(__file__).resolve().parents[3]
-SAMPLE = REPO / "data" / "sample"
-SHARED = REPO.parent / "shared" / "data"
 STAGES = ("fit", "validate", "test", "predict")
 Scheduler = Literal["cosine", "poly", "constant"]  # learning rate after warmup, per optimizer step
 SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
@@ -191,7 +189,7 @@ def resolve_path(value: str | None, run_dir: Path | None = None) -> str | None:
     """Expand ``{sample}``, ``{shared}`` and ``{run_dir}`` in a configured path."""
     if value is None:
         return None
-    out = value.replace("{sample}", str(SAMPLE)).replace("{shared}", str(SHARED))
+    out = value.replace("{sample}", str(sample_dir())).replace("{shared}", str(shared_dir()))
     if run_dir is not None:
         out = out.replace("{run_dir}", str(run_dir))
     return out

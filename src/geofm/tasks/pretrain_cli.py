@@ -10,7 +10,7 @@ import os
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML file, e.g. configs/pretrain/tiny.yaml")
+    p.add_argument("--config", required=True, help="YAML file, or a bundled config by name: pretrain/tiny, pretrain/prithvi_eo_v1_100m, ...")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. trainer.max_steps=100 optim.lr=1e-4 data.batch_size=32")
 

@@ -1,7 +1,7 @@
 """The configuration of a pretraining run and its checks before any work (no torch, no Lightning).
 
 :class:`PretrainConfig` is read from YAML + ``section.key=value`` overrides, checked by
-:mod:`geofm.config` (see ``configs/pretrain/*.yaml``); :func:`check_config` checks it against its
+:mod:`geofm.config` (bundled: ``geofm/configs/pretrain/*.yaml``); :func:`check_config` checks it against its
 store(s) and model before anything is written.
 """
 
@@ -74,7 +74,7 @@ class PretrainTrainerSection:
 
 @dataclass
 class PretrainConfig:
-    """A pretraining run (``geofm pretrain --config configs/pretrain/tiny.yaml``)."""
+    """A pretraining run (``geofm pretrain --config pretrain/tiny``)."""
 
     model: PretrainModelSection = field(default_factory=PretrainModelSection)
     data: ChipDataSection = field(default_factory=ChipDataSection)
