@@ -1,9 +1,15 @@
-"""Band names, sensor mappings and normalization statistics of the Prithvi models.
+"""Band names, sensor mappings, normalization statistics of the Prithvi models, and the normalization.
 
 Reflectance is stored as int16 scaled by 10000 (HLS v2.0), nodata -9999.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The six bands the Prithvi models take, in model order.
 MODEL_BANDS: tuple[str, ...] = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
@@ -51,7 +57,28 @@ def norm_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return stats["mean"], stats["std"]
 
 
+def normalize(raw: np.ndarray, mean: Sequence[float], std: Sequence[float], nodata: np.ndarray | None = None, *,
+              out: np.ndarray | None = None, fill: Sequence[float] | None = None) -> np.ndarray:
+    """Band-first reflectance ×10000 (C, ...) -> float32 ``(raw - mean[c]) / std[c]`` (C, ...), band by band.
+
+    Pixels True in ``nodata`` (the shape of one band, e.g. (T, H, W)) become :data:`NORMALIZED_NODATA`,
+    or ``fill[c]`` in band c (a released model's nodata replacement). ``out`` (C, ...) float32, possibly
+    a view into a larger array, receives the result. The one normalization of the numpy pipelines
+    (datasets, loader, scene prediction); batches already on a device use the same arithmetic in torch
+    (:meth:`geofm.data.loader.ChipDataset.normalize_batch`).
+    """
+    import numpy as np
+
+    out = np.empty(raw.shape, np.float32) if out is None else out
+    for c in range(raw.shape[0]):
+        np.subtract(raw[c], np.float32(mean[c]), out=out[c], dtype=np.float32)
+        out[c] /= np.float32(std[c])
+        if nodata is not None:
+            out[c][nodata] = NORMALIZED_NODATA if fill is None else np.float32(fill[c])
+    return out
+
+
 __all__ = [
     "MODEL_BANDS", "L30_BANDS", "S30_BANDS", "HLS_NODATA", "NORMALIZED_NODATA", "REFLECTANCE_SCALE",
-    "NORM_STATS", "norm_stats", "stats_for",
+    "NORM_STATS", "norm_stats", "normalize", "stats_for",
 ]

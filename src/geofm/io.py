@@ -1,4 +1,4 @@
-"""Small IO helpers shared by every writer: outputs appear whole or not at all."""
+"""IO helpers shared by every writer: outputs appear whole or not at all; the GeoTIFF and COG writers."""
 
 from __future__ import annotations
 
@@ -96,3 +96,41 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
         return path
     _writable_parent(path, option)
     return path
+
+
+# --------------------------------------------------------------------------- GeoTIFF
+def write_geotiff(path: str | os.PathLike, array, *, crs, transform, nodata: float | None = None,
+                  descriptions: list[str] | None = None, tags: dict[str, str] | None = None, **options) -> Path:
+    """``array`` (bands, H, W) or (H, W) -> a GeoTIFF at ``path`` on the grid (``crs``, ``transform``),
+    written atomically: the one GeoTIFF writer of geofm for arrays held in memory.
+
+    ``options`` are GDAL creation options as rasterio takes them (``compress="deflate"``,
+    ``tiled=True, blockxsize=256, blockysize=256``, ...); the data type is the array's.
+    """
+    import numpy as np
+    import rasterio
+
+    arr = np.asarray(array)
+    arr = arr[None] if arr.ndim == 2 else arr
+    profile = dict(driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0], dtype=str(arr.dtype),
+                   crs=crs, transform=transform, nodata=nodata, **options)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(arr)
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+        if tags:
+            dst.update_tags(**tags)
+    return Path(path)
+
+
+def copy_as_cog(src: str | os.PathLike, path: str | os.PathLike, *, block: int = 512, compress: str = "deflate",
+                overviews: bool = True, resampling: str = "NEAREST") -> Path:
+    """A tiled GeoTIFF ``src`` -> a Cloud-Optimized GeoTIFF at ``path`` (GDAL's COG driver, predictor on,
+    ``resampling`` for the overviews), written atomically. Large rasters are written window by window
+    into ``src`` first (:mod:`geofm.infer.scene`); small ones with :func:`write_geotiff`."""
+    import rasterio.shutil
+
+    with atomic_path(path) as tmp:
+        rasterio.shutil.copy(src, tmp, driver="COG", BLOCKSIZE=block, COMPRESS=compress.upper(), PREDICTOR="YES",
+                             OVERVIEWS="AUTO" if overviews else "NONE", RESAMPLING=resampling, BIGTIFF="IF_SAFER")
+    return Path(path)

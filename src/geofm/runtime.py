@@ -13,7 +13,10 @@ import sys
 log = logging.getLogger(__name__)
 
 #: Third-party loggers that log INFO lines on every run (cluster start-up, device summaries).
-NOISY_LOGGERS = ("distributed", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+#: Loggers of the engines held at the CLI's level; Lightning's rank-zero loggers are named because
+#: importing Lightning resets ``lightning.pytorch`` to INFO, and their own level survives that.
+NOISY_LOGGERS = ("distributed", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 _ENGINE_LOG_LEVEL: int | None = None
 
 _M_TRIM_THRESHOLD = -1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 
@@ -68,6 +69,19 @@ def adamw(params: Iterable, *, lr: float, betas: Sequence[float] = (0.9, 0.95), 
         and len({p.device for p in tensors}) == 1
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                              fused=fused or None, foreach=None if fused else True)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0, schedule: str = "cosine") -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (of ``total``): linear warmup over ``warmup``
+    steps, then ``cosine`` (half cosine) or ``poly`` (linear) decay to ``min_ratio``, or ``constant``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "poly":
+        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, value: float, algorithm: str | None = "norm") -> None:
@@ -197,5 +211,5 @@ def train_step(model: nn.Module, *, precision: str = "32", lr: float = 1.5e-4, w
     return step
 
 
-__all__ = ["PRECISIONS", "adamw", "autocast", "can_compile", "clip_gradients", "compile_module", "decay_groups", "resolve_compile",
+__all__ = ["PRECISIONS", "adamw", "autocast", "can_compile", "clip_gradients", "compile_module", "decay_groups", "lr_factor", "resolve_compile",
            "train_step"]

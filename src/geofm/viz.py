@@ -1,4 +1,5 @@
-"""Quicklooks: percentile-stretched RGB composites and side-by-side PNG panels."""
+"""Quicklooks and figures: percentile-stretched RGB composites, side-by-side PNG panels, and the one
+figure saver (:func:`save_figure`: PNG, atomically) every plot of geofm goes through."""
 
 from __future__ import annotations
 
@@ -51,14 +52,31 @@ def stretch_limits(image: np.ndarray, rgb: Sequence[int] = RGB_OF_MODEL_BANDS,
     return np.array(lo), np.array(hi)
 
 
-def save_panels(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], suptitle: str | None = None,
-                ncols: int | None = None, cmap: str | None = None, dpi: int = 110) -> Path:
-    """Write titled images side by side (RGB (H, W, 3) floats or 2D maps) to a PNG, atomically."""
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to a PNG at ``path`` atomically, then close it."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        pyplot().close(fig)
+    return path
+
+
+def save_panels(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], suptitle: str | None = None,
+                ncols: int | None = None, cmap: str | None = None, dpi: int = 110) -> Path:
+    """Write titled images side by side (RGB (H, W, 3) floats or 2D maps) to a PNG, atomically."""
+    plt = pyplot()
     n = len(panels)
     ncols = ncols or n
     nrows = int(np.ceil(n / ncols))
@@ -72,8 +90,4 @@ def save_panels(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], supt
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)

@@ -8,11 +8,16 @@ import torch
 from geofm.bands import NORMALIZED_NODATA
 from geofm.data.datasets import burn_scars, crops, sen1floods11
 from geofm.data.datasets.base import GeoSegmentationDataset, seeded_split, subsample, tile_origins
-from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops, write_sen1floods11, write_tif
+from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops, write_sen1floods11
 from geofm.data.transforms import RandomDihedral
 from geofm.errors import DataError
+from geofm.io import write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def write_tif(path, arr, crs, transform, nodata=None):
+    return write_geotiff(path, arr, crs=crs, transform=transform, nodata=nodata)
 
 
 def test_tiles_splits_subsample():

@@ -51,12 +51,10 @@ def summarize(meta: dict[str, np.ndarray], attrs: dict) -> dict:
 def explore(store: str, out_dir: str | Path, storage_options: dict | None = None, sample_chips: int = 64,
             seed: int = 0) -> dict:
     """Write the summary and plots of ``store`` into ``out_dir``; returns the summary."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from geofm.io import check_output_dir
+    from geofm.viz import pyplot, save_figure
+
+    plt = pyplot()
 
     if sample_chips < 1:
         raise ConfigError(f"--sample-chips must be >= 1, got {sample_chips}")
@@ -69,9 +67,7 @@ def explore(store: str, out_dir: str | Path, storage_options: dict | None = None
     n = summary["chips"]
 
     def save(fig, name):
-        with atomic_path(out / name) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
+        save_figure(fig, out / name, dpi=100)
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     sc = ax.scatter(meta["lon"], meta["lat"], c=meta["cloud_frac"], s=12, cmap="viridis")

@@ -34,6 +34,7 @@ import numpy as np
 from geofm.bands import HLS_NODATA, MODEL_BANDS
 from geofm.data import hls, store
 from geofm.errors import ConfigError, DataError, GeofmError
+from geofm.io import write_geotiff
 
 log = logging.getLogger(__name__)
 STORE_VERSION = 1
@@ -718,7 +719,6 @@ def consolidate(loc: store.Location) -> int:
 def export_geotiffs(store_url: str, out_dir: str, slots: Sequence[int] | None = None, compress: str = "lzw",
                     storage_options: dict | None = None) -> list[Path]:
     """Write chips as per-chip GeoTIFFs (T*C bands, int16, chip CRS/transform): the paper's old format."""
-    import rasterio
     from affine import Affine
 
     loc = store.Location(store_url, storage_options)
@@ -732,9 +732,7 @@ def export_geotiffs(store_url: str, out_dir: str, slots: Sequence[int] | None = 
         chip = reader.read([meta["slot"][i]])[0]  # (T, C, H, W)
         t, c, h, w = chip.shape
         p = out / f"chip_{int(meta['slot'][i]):07d}.tif"
-        with rasterio.open(p, "w", driver="GTiff", width=w, height=h, count=t * c, dtype="int16",
-                           crs=meta["crs"][i], transform=Affine(*meta["transform"][i]), nodata=HLS_NODATA,
-                           compress=compress, tiled=False) as dst:
-            dst.write(chip.reshape(t * c, h, w))
-        paths.append(p)
+        paths.append(write_geotiff(p, chip.reshape(t * c, h, w).astype(np.int16, copy=False), crs=meta["crs"][i],
+                                   transform=Affine(*meta["transform"][i]), nodata=HLS_NODATA, compress=compress,
+                                   tiled=False))
     return paths

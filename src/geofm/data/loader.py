@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from geofm.bands import HLS_NODATA, NORMALIZED_NODATA, norm_stats
+from geofm.bands import HLS_NODATA, NORMALIZED_NODATA, norm_stats, normalize
 from geofm.data import store as chip_store
 from geofm.errors import DataError
 
@@ -277,8 +277,7 @@ class ChipDataset(IterableDataset):
                 dst[...] = src
                 fill = HLS_NODATA
             elif self.mean is not None:
-                np.subtract(src, self.mean[i, 0, 0, 0], out=dst, dtype=np.float32)
-                dst /= self.std[i, 0, 0, 0]
+                normalize(src[None], self.mean[i].ravel(), self.std[i].ravel(), out=dst[None])
                 fill = NORMALIZED_NODATA
             else:
                 dst[...] = src
@@ -295,10 +294,7 @@ class ChipDataset(IterableDataset):
             if nodata.any():
                 img[:, nodata] = HLS_NODATA
         else:
-            img = x.astype(np.float32)
-            if self.mean is not None:
-                img -= self.mean
-                img /= self.std
+            img = x.astype(np.float32) if self.mean is None else normalize(x, self.mean.ravel(), self.std.ravel())
             if nodata.any():
                 img[:, nodata] = NORMALIZED_NODATA
         out = {"image": torch.from_numpy(img), "valid": torch.from_numpy(~nodata), "index": int(self.slots[pos])}

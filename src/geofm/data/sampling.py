@@ -123,11 +123,9 @@ def write_index(path: str | Path, slots: np.ndarray, report: dict) -> Path:
 
 
 def plot_report(report: dict, path: str | Path) -> Path:
-    import matplotlib
+    from geofm.viz import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(report["before"])
     before = np.array([report["before"][k] for k in names])
     after = np.array([report["after"][k] for k in names])
@@ -139,11 +137,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
     ax.set(ylabel="fraction of chips", title="strata: " + ", ".join(report["strata"]))
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from geofm.bands import HLS_NODATA
 from geofm.data.hls import FMASK_BITS, FMASK_FILL, model_band_files
-from geofm.io import atomic_path
+from geofm.io import write_geotiff
 
 #: A few real MGRS tiles: tile -> (EPSG of its UTM zone, upper-left x, upper-left y) of the HLS grid.
 TILES = {
@@ -125,12 +125,9 @@ def write_granule(out_dir: str | Path, tile: str, when: dt.datetime, size: int =
 
 
 def _write(path: Path, arr: np.ndarray, profile: dict) -> Path:
-    import rasterio
-
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr, 1)
-    return path
+    """``arr`` with ``profile``'s grid (crs, transform), nodata and creation options, as the profile's dtype."""
+    options = {k: v for k, v in profile.items() if k not in ("driver", "width", "height", "count", "dtype")}
+    return write_geotiff(path, arr.astype(profile["dtype"], copy=False), **options)
 
 
 def write_time_series(out_dir: str | Path, tile: str = "10SEG", dates: Sequence[str] = ("2020-03-15", "2020-06-20",
@@ -196,8 +193,7 @@ def write_series_from_image(image: str | Path, out_dir: str | Path, *, bands: Se
         frame = img * gain * haze + rng.normal(0, 15, img.shape)
         when = first + dt.timedelta(days=step_days * k)
         path = out / f"series_{when:%Y-%m-%d}.tif"
-        with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(np.clip(np.rint(frame), 0, 10000).astype(np.int16))
+        _write(path, np.clip(np.rint(frame), 0, 10000).astype(np.int16), profile)
         _write(out / f"series_{when:%Y-%m-%d}.Fmask.tif", np.zeros((h, w), np.uint8),
                dict(profile, count=1, dtype="uint8", nodata=FMASK_FILL))
         paths.append(path)

@@ -56,11 +56,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geofm.bands import HLS_NODATA, NORMALIZED_NODATA
+from geofm.bands import HLS_NODATA, normalize
 from geofm.data.hls import (DEFAULT_CLOUD_BITS, Frame, Grid, cfmask_to_hls_fmask, check_same_grid, cloud_mask,
                             read_frame_window)
 from geofm.errors import ConfigError, DataError
-from geofm.io import atomic_path
+from geofm.io import atomic_path, copy_as_cog
 
 log = logging.getLogger(__name__)
 
@@ -234,30 +234,6 @@ class _Accumulator:
 
 
 # --------------------------------------------------------------------------- reading
-def normalize_window(raw: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                     nodata: np.ndarray | None = None, out: np.ndarray | None = None,
-                     fill: Sequence[float] | None = None) -> np.ndarray:
-    """(T, C, h, w) int16 reflectance x10000 -> (C, T, h, w) float32 ``(raw - mean) / std``.
-
-    Pixels nodata (-9999) in any band of a frame, or True in ``nodata`` (T, h, w), become 0.0001,
-    or ``fill[c]`` in band c when ``fill`` is given (a released model's nodata replacement).
-    ``out`` (C, T, h, w) float32, possibly a view into a larger array, receives the result.
-    """
-    t, c = raw.shape[:2]
-    out = np.empty((c, t, *raw.shape[2:]), np.float32) if out is None else out
-    for j in range(c):
-        np.subtract(raw[:, j], np.float32(mean[j]), out=out[j], dtype=np.float32)
-        out[j] *= np.float32(1.0 / std[j])
-    bad = (raw == HLS_NODATA).any(axis=1) if nodata is None else nodata
-    for i in range(t):
-        if fill is None:
-            out[:, i][:, bad[i]] = NORMALIZED_NODATA
-        else:
-            for j in range(c):
-                out[j, i][bad[i]] = np.float32(fill[j])
-    return out
-
-
 def reflect_fill(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> None:
     """Fill the borders of ``x`` (..., H, W) in place by reflecting its core, as ``np.pad(mode="reflect")``."""
     h, w = x.shape[-2] - top - bottom, x.shape[-1] - left - right
@@ -309,8 +285,7 @@ class _StripReader:
         for t, frame in enumerate(self.frames):
             buf = raw[t if keep else 0]
             _, fmask = read_frame_window(frame, window, self.datasets, out=buf, nodata_out=nodata[t])
-            normalize_window(buf[None], self.mean, self.std, nodata[t:t + 1], out=core[:, t:t + 1],
-                             fill=self.nodata_fill)
+            normalize(buf[:, None], self.mean, self.std, nodata[t:t + 1], out=core[:, t:t + 1], fill=self.nodata_fill)
             hidden[t] = nodata[t]
             if fmask is not None:
                 if self.fmask_kind == "cfmask":  # Landsat CFmask classes -> HLS bits
@@ -625,7 +600,6 @@ def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: O
               W: int, overviews: bool, compress: str, tags: dict | None) -> None:
     """Copy the part files into a tiled GeoTIFF, then into a COG under a temporary name, renamed at the end."""
     import rasterio
-    import rasterio.shutil
     from rasterio.windows import Window
 
     predictor = 2 if output.dtype in ("uint8", "uint16", "int16") else 3
@@ -640,12 +614,9 @@ def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: O
         for i, d in enumerate(output.descriptions, start=1):
             dst.set_band_description(i, d)
         dst.update_tags(**{"geofm_output": output.kind, **output.tags, **(tags or {})})
-    resampling = "NEAREST" if output.kind == "classes" else "AVERAGE"
-    with atomic_path(out_path) as tmp:
-        rasterio.shutil.copy(staged, tmp, driver="COG", BLOCKSIZE=block, COMPRESS=compress.upper(),
-                             PREDICTOR="YES", OVERVIEWS="AUTO" if overviews else "NONE", RESAMPLING=resampling,
-                             BIGTIFF="IF_SAFER")
+    copy_as_cog(staged, out_path, block=block, compress=compress, overviews=overviews,
+                resampling="NEAREST" if output.kind == "classes" else "AVERAGE")
 
 
 __all__ = ["AxisTiling", "MaskedPredictor", "OutputSpec", "Predictor", "SceneResult", "check_tiling",
-           "normalize_window", "predict_scene", "ramp_weights", "reflect_fill"]
+           "predict_scene", "ramp_weights", "reflect_fill"]

@@ -23,6 +23,21 @@ from geofm.models.necks import NECKS
 from geofm.models.vit import PrithviViT
 
 
+def pad_to_patches(x: torch.Tensor, p: int, q: int | None = None, *, mode: str | None = None,
+                   centered: bool = False) -> torch.Tensor:
+    """(B, C, T, H, W) padded to H, W multiples of (p, q): at the bottom/right, or evenly on both sides
+    (``centered``). ``mode`` is F.pad's; None: "reflect", or "replicate" where the image is no larger
+    than the pad (reflect cannot). Returns ``x`` itself when nothing is missing."""
+    q = p if q is None else q
+    c, t, H, W = x.shape[1:]
+    ph, pw = (-H) % p, (-W) % q
+    if not (ph or pw):
+        return x
+    mode = mode or ("reflect" if ph < H and pw < W else "replicate")
+    pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2) if centered else (0, pw, 0, ph)
+    return F.pad(x.flatten(1, 2), pads, mode=mode).unflatten(1, (c, t))
+
+
 def default_neck_channels(patch: int, start: int = 256) -> list[int]:
     """Widths of the reference neck: one ×2 upsampling per factor 2 of the patch size, halving to ≥ 32."""
     n_up = max(1, round(math.log2(patch)))
@@ -96,11 +111,7 @@ class SegmentationModel(nn.Module):
         if c != self.encoder.in_chans or t != self.num_frames:
             raise ValueError(f"expected input (B, {self.encoder.in_chans}, {self.num_frames}, H, W), "
                              f"got {tuple(x.shape)}")
-        _, p, q = self.encoder.patch_size
-        pad_h, pad_w = (-H) % p, (-W) % q
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < H and pad_w < W else "replicate"
-            x = F.pad(x.flatten(1, 2), (0, pad_w, 0, pad_h), mode=mode).unflatten(1, (c, t))
+        x = pad_to_patches(x, *self.encoder.patch_size[1:])
         grid = self.encoder.grid_of(x)
         y = self.head(self.neck(self.features(x, temporal_coords, location_coords), grid))
         if y.shape[-2:] != x.shape[-2:]:
@@ -122,4 +133,5 @@ def build_segmentation_model(name: str | None = "prithvi_eo_v1_100m", checkpoint
                              layers=layers, head_channels=head_channels, head_convs=head_convs, dropout=dropout)
 
 
-__all__ = ["SegmentationModel", "build_segmentation_model", "default_layers", "default_neck_channels"]
+__all__ = ["SegmentationModel", "build_segmentation_model", "default_layers", "default_neck_channels",
+           "pad_to_patches"]

@@ -5,15 +5,13 @@ The strategies and schedules are defined with the configuration (:mod:`geofm.tas
 
 from __future__ import annotations
 
-import math
-
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from geofm.tasks.distributed import clip_gradients_for
 from geofm.tasks.finetune_config import SCHEDULERS, STRATEGIES
-from geofm.training import adamw, decay_groups
+from geofm.training import adamw, decay_groups, lr_factor
 
 
 def build_mae(name: str | None, checkpoint: str | None, strategy: str, encoder_only: bool = False, **options):
@@ -91,19 +89,8 @@ class FinetuneModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, int(self.trainer.max_epochs or 1))
         warmup = int(round(self.warmup_epochs * total / epochs))
-        kind, floor = self.scheduler_name, self.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            if kind == "cosine":
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-            if kind == "poly":
-                return floor + (1 - floor) * (1 - t)
-            return 1.0
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, warmup, total, self.min_lr_ratio, self.scheduler_name))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

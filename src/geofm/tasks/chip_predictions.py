@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from geofm.bands import HLS_NODATA, NORMALIZED_NODATA
-from geofm.io import atomic_path
+from geofm.io import write_geotiff
 from geofm.viz import rgb_stretch, save_panels, stretch_limits
 
 log = logging.getLogger(__name__)
@@ -38,19 +38,6 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     ok = (lab >= 0) & (lab < len(PALETTE))
     out[ok] = PALETTE[lab[ok]]
     return out
-
-
-def write_geotiff(path: Path, arr: np.ndarray, crs, transform, nodata: float | None) -> Path:
-    """(bands, H, W) or (H, W) array -> GeoTIFF (deflate), atomically."""
-    import rasterio
-
-    arr = arr[None] if arr.ndim == 2 else arr
-    profile = dict(driver="GTiff", width=arr.shape[-1], height=arr.shape[-2], count=arr.shape[0],
-                   dtype=str(arr.dtype), crs=crs, transform=transform, nodata=nodata, compress="deflate")
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr)
-    return path
 
 
 def _denorm(x: np.ndarray, mean, std) -> np.ndarray:
@@ -82,7 +69,8 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
                 stem = f"{name}_r{r}_c{c}"
                 nodata = (image == np.float32(NORMALIZED_NODATA)).all(axis=(0, 1))
                 pred = np.where(nodata, NODATA_CLASS, preds[k]).astype(np.uint8)
-                write_geotiff(out_dir / f"{stem}_pred.tif", pred, crs, transform, NODATA_CLASS)
+                write_geotiff(out_dir / f"{stem}_pred.tif", pred, crs=crs, transform=transform, nodata=NODATA_CLASS,
+                              compress="deflate")
                 if shown < quicklooks:
                     raw = _denorm(image, mean, std)[:, -1]
                     label = batch["mask"][k].numpy()
@@ -100,7 +88,7 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
                 rec_i = np.where(has_data[None], np.clip(np.rint(rec), -32768, 32767), HLS_NODATA).astype(np.int16)
                 c_, t_, h_, w_ = rec_i.shape
                 write_geotiff(out_dir / f"{name}_recon.tif", rec_i.transpose(1, 0, 2, 3).reshape(t_ * c_, h_, w_),
-                              crs, transform, HLS_NODATA)
+                              crs=crs, transform=transform, nodata=HLS_NODATA, compress="deflate")
                 if shown < quicklooks:
                     t = int(gap.reshape(gap.shape[0], -1).sum(1).argmax())
                     target = _denorm(image, mean, std)[:, t]
@@ -117,4 +105,4 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
     return out_dir
 
 
-__all__ = ["colorize", "write_geotiff", "write_predictions"]
+__all__ = ["colorize", "write_predictions"]

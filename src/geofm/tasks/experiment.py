@@ -27,6 +27,7 @@ from geofm.errors import ConfigError
 from geofm.io import atomic_path
 from geofm.tasks.finetune import main_metric, read_epoch_metrics, run_finetune
 from geofm.tasks.finetune_config import STRATEGIES, load_finetune_config, run_dir_of
+from geofm.viz import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -126,17 +127,8 @@ def summarize(rows: list[dict], column: str) -> dict[str, list[tuple[float, floa
     return out
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_data_efficiency(rows: list[dict], path: Path, column: str, title: str) -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for strategy, pts in summarize(rows, column).items():
         f, mean, std, _ = map(np.array, zip(*pts))
@@ -151,14 +143,11 @@ def plot_data_efficiency(rows: list[dict], path: Path, column: str, title: str) 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_curves(out: Path, strategies: Sequence[str], fraction: float, seeds: int, column: str, title: str) -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for strategy in strategies:
         series = [dict(read_epoch_metrics(out / run_key(strategy, float(fraction), s) / "logs" / "metrics.csv",
@@ -175,11 +164,7 @@ def plot_curves(out: Path, strategies: Sequence[str], fraction: float, seeds: in
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = out / "curves.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "curves.png")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -194,9 +179,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geofm.progress import progress_bar
-    from geofm.tasks.finetune import quiet_lightning
 
-    quiet_lightning(getattr(args, "verbose", 0))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     try:
         fractions = [float(f) for f in args.label_fractions.split(",") if f.strip()]

@@ -330,16 +330,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.strategy=frozen")
 
 
-def quiet_lightning(verbose: int = 0) -> None:
-    """Keep Lightning's start-up chatter (accelerator banners, tips) out of the CLI output unless -v."""
-    if not verbose:
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
-                     "lightning.fabric.utilities.rank_zero"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def run(args: argparse.Namespace) -> int:
-    quiet_lightning(getattr(args, "verbose", 0))
     cfg = load_finetune_config(args.config, args.overrides)
     cfg.trainer.progress_bar = True
     print(f"geofm finetune: {cfg.task} on {cfg.data.dataset}, strategy {cfg.optim.strategy}, "

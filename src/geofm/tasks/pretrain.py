@@ -34,7 +34,7 @@ from geofm.errors import ConfigError, DataError
 from geofm.runtime import quiet_engine_logs
 from geofm.tasks.callbacks import Quicklook, ThroughputLogger, progress_callback
 from geofm.tasks.distributed import CPUFSDPStrategy, SafeCheckpointIO, clip_gradients_for, make_strategy
-from geofm.training import adamw, compile_module, decay_groups, resolve_compile
+from geofm.training import adamw, compile_module, decay_groups, lr_factor, resolve_compile
 from geofm.tasks.pretrain_config import (
     PRECISIONS,
     PretrainConfig,
@@ -66,16 +66,6 @@ def _chip_noise(indices: torch.Tensor, n_tokens: int, seed: int, epoch: int) -> 
         g.manual_seed(int(np.random.SeedSequence([seed, epoch + 1, int(idx)]).generate_state(1, np.uint64)[0] >> 1))
         out[i] = torch.rand(n_tokens, generator=g)
     return out
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0, schedule: str = "cosine") -> float:
-    """Learning-rate multiplier at optimizer step ``step``: linear warmup, then cosine to ``min_ratio``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class MAEPretrainTask(pl.LightningModule):

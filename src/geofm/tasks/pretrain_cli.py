@@ -16,10 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geofm.tasks.finetune import quiet_lightning
     from geofm.tasks.pretrain_config import check_config, load_pretrain_config, prepare_store
 
-    quiet_lightning(getattr(args, "verbose", 0))
     cfg = load_pretrain_config(args.config, args.overrides)
     prepare_store(cfg)
     check_config(cfg)  # a bad config is refused before Lightning is imported

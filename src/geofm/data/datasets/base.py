@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from geofm.bands import NORMALIZED_NODATA
+from geofm.bands import normalize
 from geofm.data.transforms import RandomDihedral
 from geofm.errors import DataError
 
@@ -271,9 +271,7 @@ class GeoSegmentationDataset(Dataset):
 
     def normalize(self, raw: np.ndarray, nodata: np.ndarray) -> np.ndarray:
         """Raw (C, T, h, w) reflectance ×10000 -> normalized float32; nodata pixels -> 0.0001."""
-        x = (raw - self.mean) / self.std
-        x[:, nodata] = NORMALIZED_NODATA
-        return x.astype(np.float32, copy=False)
+        return normalize(raw, self.mean.ravel(), self.std.ravel(), nodata)
 
     def __getitem__(self, index: int) -> dict:
         i, r, c, h, w = self.windows[index]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geofm.io import atomic_path
+from geofm.io import write_geotiff
 
 
 def blobs(rng: np.random.Generator, h: int, w: int, cells: int = 8) -> np.ndarray:
@@ -24,18 +24,6 @@ def blobs(rng: np.random.Generator, h: int, w: int, cells: int = 8) -> np.ndarra
     a, b = g[y0][:, x0], g[y0][:, x0 + 1]
     c, d = g[y0 + 1][:, x0], g[y0 + 1][:, x0 + 1]
     return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
-
-
-def write_tif(path: Path, arr: np.ndarray, crs, transform, nodata=None) -> Path:
-    import rasterio
-
-    arr = arr[None] if arr.ndim == 2 else arr
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
-                           dtype=str(arr.dtype), crs=crs, transform=transform, nodata=nodata) as dst:
-            dst.write(arr)
-    return path
 
 
 def _utm_transform(i: int, size: int):
@@ -62,8 +50,9 @@ def write_sen1floods11(root: str | Path, n_chips: int = 4, size: int = 64, seed:
         label = water.astype(np.int16)
         label[:2, :3] = -1
         tf = from_origin(-0.78189 + i * size * px, 38.12881, px, px)
-        write_tif(root / "S2Hand" / f"{cid}_S2Hand.tif", bands.clip(1, 10000).astype(np.int16), "EPSG:4326", tf, 0)
-        write_tif(root / "LabelHand" / f"{cid}_LabelHand.tif", label, "EPSG:4326", tf)
+        write_geotiff(root / "S2Hand" / f"{cid}_S2Hand.tif", bands.clip(1, 10000).astype(np.int16), crs="EPSG:4326",
+                      transform=tf, nodata=0)
+        write_geotiff(root / "LabelHand" / f"{cid}_LabelHand.tif", label, crs="EPSG:4326", transform=tf)
         ids.append(cid)
     for split, members in (splits or {}).items():
         path = root / "splits" / "flood_handlabeled" / f"flood_{split}_data.csv"
@@ -89,8 +78,8 @@ def write_burn_scars(root: str | Path, n_train: int = 3, n_val: int = 1, size: i
         mask[-2:, -2:] = -1
         image = (refl / 10000).astype(np.float32) if float_reflectance else refl.astype(np.int16)
         tf = _utm_transform(i, size)
-        write_tif(folder / f"{stem}_merged.tif", image, "EPSG:32610", tf)
-        write_tif(folder / f"{stem}.mask.tif", mask, "EPSG:32610", tf, -1)
+        write_geotiff(folder / f"{stem}_merged.tif", image, crs="EPSG:32610", transform=tf)
+        write_geotiff(folder / f"{stem}.mask.tif", mask, crs="EPSG:32610", transform=tf, nodata=-1)
         out.append(folder / f"{stem}_merged.tif")
     return out
 
@@ -110,10 +99,11 @@ def write_crops(root: str | Path, n_train: int = 3, n_val: int = 1, size: int = 
             frames.append(base)
         image = np.concatenate(frames).clip(0, 10000).astype(np.int16)
         tf = _utm_transform(i, size)
-        write_tif(folder / f"chip_{100 + i:03d}_{i:03d}_merged.tif", image, "EPSG:32610", tf, -9999)
-        write_tif(folder / f"chip_{100 + i:03d}_{i:03d}.mask.tif", cls, "EPSG:32610", tf)
+        write_geotiff(folder / f"chip_{100 + i:03d}_{i:03d}_merged.tif", image, crs="EPSG:32610", transform=tf,
+                      nodata=-9999)
+        write_geotiff(folder / f"chip_{100 + i:03d}_{i:03d}.mask.tif", cls, crs="EPSG:32610", transform=tf)
         out.append(folder / f"chip_{100 + i:03d}_{i:03d}_merged.tif")
     return out
 
 
-__all__ = ["blobs", "write_burn_scars", "write_crops", "write_sen1floods11", "write_tif"]
+__all__ = ["blobs", "write_burn_scars", "write_crops", "write_sen1floods11"]

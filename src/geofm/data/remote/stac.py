@@ -338,11 +338,11 @@ def format_summary(s: dict) -> str:
 def quicklook(items: Sequence[dict], path: str | Path, aoi: dict | None = None,
               bbox: Sequence[float] | None = None) -> Path:
     """PNG of the granule footprints (coloured by cloud cover) over the AOI / bbox, lon/lat axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Polygon as MplPolygon
+
+    from geofm.viz import pyplot, save_figure
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 6))
     cmap = plt.get_cmap("viridis_r")
@@ -377,8 +377,4 @@ def quicklook(items: Sequence[dict], path: str | Path, aoi: dict | None = None,
     fig.colorbar(sm, ax=ax, label="eo:cloud_cover (%)")
     if aoi or bbox:
         ax.legend(loc="upper right")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geofm.models.segmentation import pad_to_patches
 from geofm.models.vit import PrithviViT
 
 #: Blocks of the token-to-image neck (the same for every v1 fine-tune).
@@ -164,11 +165,7 @@ class HLSFoundationSegmenter(nn.Module):
             raise ValueError(f"expected input (B, {self.config.in_chans}, {self.num_frames}, H, W), "
                              f"got {tuple(x.shape)}")
         x = self.released_input_order(x)
-        p = self.config.patch_size
-        pad_h, pad_w = (-H) % p, (-W) % p
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < H and pad_w < W else "replicate"
-            x = F.pad(x.flatten(1, 2), (0, pad_w, 0, pad_h), mode=mode).unflatten(1, (c, t))
+        x = pad_to_patches(x, self.config.patch_size)
         grid = self.backbone.grid_of(x)
         y = self.decode_head(self.neck(self.backbone(x), grid))
         if y.shape[-2:] != x.shape[-2:]:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geofm.errors import CheckpointError
+from geofm.models.segmentation import pad_to_patches
 from geofm.models.vit import PrithviViT, sincos_3d
 
 log = logging.getLogger(__name__)
@@ -405,12 +406,7 @@ class TerraTorchSegmenter(nn.Module):
         """x (B, C, T, H, W) -> logits (B, K, H, W); temporal (B, T, 2) year/day-of-year, location (B, 2) lat/lon."""
         H, W = x.shape[-2:]
         if self.config.padding:
-            q = 2 * self.config.patch_size
-            ph, pw = (-H) % q, (-W) % q
-            if ph or pw:
-                b, c, t = x.shape[:3]
-                x = F.pad(x.flatten(1, 2), (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2),
-                          mode=self.config.padding).unflatten(1, (c, t))
+            x = pad_to_patches(x, 2 * self.config.patch_size, mode=self.config.padding, centered=True)
         size = x.shape[-2:]
         feats: Any = self.encoder.features(x, temporal_coords, location_coords)
         for m in self.neck:
