@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 #: Seconds between two plain progress lines (``GEOFM_PROGRESS_EVERY`` overrides it).
@@ -81,6 +82,17 @@ class PlainProgress:
     def close(self) -> None:
         if self._last_n != self.n:
             self._emit()
+
+
+def done_of_total(bar) -> Callable[[int, int], None]:
+    """The ``progress(done, total)`` callback of library functions, moving ``bar`` (of :func:`progress_bar`)."""
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return progress
 
 
 def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs: Any):

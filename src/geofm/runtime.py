@@ -30,8 +30,8 @@ def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
     Transformer activations are tens of MB; by default glibc serves each one with a fresh
     ``mmap`` and returns it on free, so every step pays page faults and page zeroing on
     first touch. Raising the mmap and trim thresholds keeps those blocks in the heap (the
-    role jemalloc/tcmalloc play in PyTorch's CPU tuning guides). Measured here: about 7 %
-    faster Prithvi-100M encoder inference on 2 threads. Returns True when applied.
+    role jemalloc/tcmalloc play in PyTorch's CPU tuning guides; its gain: ``bench/README.md``).
+    Returns True when applied.
     """
     global _TUNED
     if _TUNED:

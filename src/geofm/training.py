@@ -7,11 +7,9 @@ pieces into a plain function, so that a benchmark times exactly what users get::
     >>> step = geofm.train_step(create_model("prithvi_eo_v1_100m"), precision="bf16-mixed", lr=1.5e-4)
     >>> loss = step(x)  # x (B, C, T, H, W): one forward, backward and AdamW step  # doctest: +SKIP
 
-What each choice is worth was measured on Prithvi-100M (batch 2, 2 threads, CPU with AMX,
-torch 2.13; interleaved best-of rounds, see bench/README.md):
+The pieces (what each is worth: ``bench/README.md``):
 
-* fused AdamW (one kernel over all parameters instead of a dozen per tensor): bf16 step
-  1165 ms vs 1370 ms with the ``foreach`` implementation;
+* fused AdamW (one kernel over all parameters instead of a dozen per tensor);
 * ``torch.compile`` (inductor fuses LayerNorm, GELU, residual adds and the autocast casts
   around the GEMMs): optional, with an eager fallback; see :data:`COMPILE_DEFAULT`;
 * the decoder's prediction layer and the loss only on the masked tokens
@@ -34,10 +32,9 @@ from geofm.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("32", "bf16-mixed")
-# torch.compile by default only where it was measured to win. CPU: compiling the Prithvi-100M
-# step took 122 s (bf16) and 183 s (fp32) on the 2-core VM before the first step ran, and its
-# per-step gain could not be separated from the load of the shared machine: off. CUDA: not
-# measured in this project (no GPU was lent): off until it is. ``compile=True`` forces it.
+# torch.compile by default only on a device where it is measured to win (bench/README.md: on CPU
+# the compilation costs minutes and the step gains nothing measurable; CUDA is not measured yet).
+# ``compile=True`` forces it.
 COMPILE_DEFAULT = {"cpu": False, "cuda": False}
 
 

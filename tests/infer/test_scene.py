@@ -14,11 +14,11 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from geofm.bands import HLS_NODATA, NORM_STATS
+from geofm.bands import HLS_NODATA, NORM_STATS, normalize
 from geofm.data import synthetic
 from geofm.data.hls import cloud_mask, group_granules, stacked_frame
 from geofm.errors import ConfigError, DataError
-from geofm.infer.scene import AxisTiling, OutputSpec, normalize_window, predict_scene, ramp_weights
+from geofm.infer.scene import AxisTiling, OutputSpec, predict_scene, ramp_weights
 
 MEAN, STD = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
 CRS = "EPSG:32610"
@@ -62,7 +62,8 @@ class ConvPredictor:
     def single_pass(self, frames) -> np.ndarray:
         """(K, H, W) prediction of the whole reflect-padded scene in one go."""
         raw = np.stack([rasterio.open(f.sources[0][0]).read() for f in frames])  # (T, C, H, W)
-        x = torch.from_numpy(normalize_window(raw, MEAN, STD)).flatten(0, 1)[None]
+        x = torch.from_numpy(normalize(raw.transpose(1, 0, 2, 3), MEAN, STD, (raw == HLS_NODATA).any(axis=1)))
+        x = x.flatten(0, 1)[None]
         x = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
         with torch.no_grad():
             return torch.nn.functional.conv2d(x, self.conv.weight, self.conv.bias)[0].numpy()

@@ -298,10 +298,8 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
     written (one writer thread; Blosc and file writes release the GIL).
 
     ``decode_threads``: threads decoding frames at once (default: one per frame), at most the
-    cores this task has to itself (see :func:`decode_threads_per_task`): more only contend.
-    Measured on 2 cores with 2 worker processes: 1 thread per task used 1.25-1.66 s of CPU per
-    task against 1.49-1.86 s with 3 (one per frame), and the ingest reached 63 % of the raw
-    decode throughput against 54 %.
+    cores this task has to itself (see :func:`decode_threads_per_task`): more only contend
+    (measurements: ``bench/README.md``, "Ingest and loader").
     """
     import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor

@@ -53,14 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     so = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
-    from geofm.progress import progress_bar
+    from geofm.progress import done_of_total, progress_bar
 
     bar = progress_bar(total=0, unit="tasks", desc="ingest")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    progress = done_of_total(bar)
 
     from geofm.data.remote.stream import WorkerGdalOptions, apply_gdal_env, resolve_inputs, restore_env
 

@@ -31,10 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from geofm.data.datasets.imputation import mask_bank
     from geofm.data.series import load_series
+    from geofm.progress import done_of_total, progress_bar
     from geofm.tasks.evaluate_imputation import (evaluate_checkpoint, evaluate_predictions, format_table,
                                                  write_cloudy)
 
@@ -52,13 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions:
         scores = evaluate_predictions(args.predictions, series[0], masks, frames=args.frames, target_frames=targets)
     else:
-        bar = tqdm(unit="sample", desc="evaluate")
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
+        bar = progress_bar(unit="sample", desc="evaluate")
+        progress = done_of_total(bar)
         scores = evaluate_checkpoint(args.checkpoint, series, masks, target_frames=targets, stride=args.stride,
                                      tile=args.tile, progress=progress)
         bar.close()
