@@ -84,12 +84,13 @@ def _store_snapshot(path):
 SLOW_INGEST = """
 import sys, time
 import geofm.data.ingest as ing
-orig = ing.run_task
+import geofm.data.ingest.run as ing_run
+orig = ing_run.run_task
 def slow(*a):
     r = orig(*a)
     time.sleep(0.4)
     return r
-ing.run_task = slow
+ing_run.run_task = slow
 ing.ingest([sys.argv[1]], sys.argv[2], ing.IngestConfig(chip_size=16, max_cloud=1.0, rows_per_task=1), scheduler="sync")
 """
 
@@ -245,10 +246,10 @@ def test_band_stats_are_exact_integer_sums():
             n = int(valid.sum())
             mean = x.sum(1).astype(np.float64) / n
             std = np.sqrt(np.maximum((x * x).sum(1).astype(np.float64) / n - mean * mean, 0.0))
-            got_mean, got_std = ingest._band_stats(chip, valid)
+            got_mean, got_std = ingest.task._band_stats(chip, valid)
             np.testing.assert_array_equal(got_mean, mean)
             np.testing.assert_array_equal(got_std, std)
-    m, s = ingest._band_stats(chip, np.zeros((3, 64, 48), bool))
+    m, s = ingest.task._band_stats(chip, np.zeros((3, 64, 48), bool))
     assert np.isnan(m).all() and np.isnan(s).all()
 
 
@@ -260,7 +261,7 @@ def test_decode_threads_follow_the_cores_a_task_has(hls_series, tmp_path):
     assert ingest.decode_threads_per_task(1, 3) == 1
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        assert ingest._cluster_decode_threads(client) == max(1, ingest._cpus() // 2)
+        assert ingest.run._cluster_decode_threads(client) == max(1, ingest.run._cpus() // 2)
     d, _ = hls_series
     cfg = ingest.IngestConfig(chip_size=32, max_cloud=1.0)
     plan, _ = ingest.plan_ingest(ingest.discover_frames(ingest.expand_inputs([str(d)]), cfg)[0], cfg)

@@ -91,7 +91,9 @@ def build_sample_store(out: str | os.PathLike, chip_size: int = 32, shard: int =
     """
     import pyarrow as pa
 
-    from geofm.data.ingest import STORE_VERSION, _band_stats, _schema, _to_lonlat, consolidate
+    from geofm.data.ingest.plan import STORE_VERSION
+    from geofm.data.ingest.run import consolidate
+    from geofm.data.ingest.task import _band_stats, _schema, _to_lonlat
 
     out = Path(out)
     if (out / store.METADATA).is_file():
