@@ -128,6 +128,14 @@ def test_classes_names_colours_overviews_and_deterministic_bytes(tmp_path):
         assert src.profile["blockxsize"] == 64 and src.profile["tiled"]
 
 
+def test_values_do_not_depend_on_the_window_size(tmp_path):
+    t = class_tiles(tmp_path)
+    paths = [t[k][0] for k in "ABC"]
+    a, _ = read(mosaic_tiles(paths, tmp_path / "m32.tif", crs=Z10, block=32).path)
+    b, _ = read(mosaic_tiles(paths, tmp_path / "m128.tif", crs=Z10, block=128).path)
+    np.testing.assert_array_equal(a, b)
+
+
 def test_aoi_clips_and_sets_the_extent(tmp_path):
     t = class_tiles(tmp_path)
     paths = [t[k][0] for k in "ABC"]
