@@ -404,6 +404,9 @@ def _fill_window(out: np.ndarray, win, wt, readers: list[_TileReader], grid_offs
 
     ``readers`` come in tile name order, so that on equal distances the earlier name stays.
     """
+    if len(readers) == 1:  # out is prefilled with nodata: the tile's values are the answer
+        readers[0].read(win, grid_offset, out)
+        return
     h, w = out.shape[1:]
     xs = wt.c + (np.arange(w) + 0.5) * res  # pixel centres in the output CRS
     ys = wt.f - (np.arange(h) + 0.5) * res
@@ -418,8 +421,8 @@ def _fill_window(out: np.ndarray, win, wt, readers: list[_TileReader], grid_offs
         cx, cy = reader.tile.centre
         d2 = (xs[None, :] - cx) ** 2 + (ys[:, None] - cy) ** 2  # (h, w) squared distance to the tile centre
         take = valid & (d2 < best)
-        best[take] = d2[take]
-        out[:, take] = buf[:, take]
+        np.copyto(best, d2, where=take)
+        np.copyto(out, buf, where=take[None])
 
 
 __all__ = ["MosaicResult", "majority_utm_crs", "mosaic_tiles"]
