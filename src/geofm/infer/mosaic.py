@@ -157,7 +157,9 @@ def _densify(geom: dict, step: float = 0.01) -> dict:
     return geom
 
 
-def _parse_crs(crs):
+def check_crs(crs):
+    """``crs`` (``"EPSG:32610"``, WKT, a :class:`rasterio.crs.CRS`) as a projected CRS; else
+    :class:`ConfigError` naming ``--crs`` (call it before any work to validate the option)."""
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
@@ -221,7 +223,8 @@ def _open_tiles(paths: Sequence[str], dst_crs, res: float) -> tuple[list[_Tile],
                     raise DataError(f"tile '{p}' has {key} {this[key]}, expected {meta[key]} as "
                                     f"'{tiles[0].path}': tiles of one mosaic must be the same kind of output")
             if not (this["nodata"] == meta["nodata"] or (np.isnan(this["nodata"]) and np.isnan(meta["nodata"]))):
-                raise DataError(f"tile '{p}' has nodata {this['nodata']}, expected {meta['nodata']} as '{tiles[0].path}'")
+                raise DataError(f"tile '{p}' has nodata {this['nodata']}, expected {meta['nodata']} as "
+                                f"'{tiles[0].path}'")
             meta["tags"] = {k: v for k, v in meta["tags"].items() if tags.get(k) == v}
             meta["colormap"] = meta["colormap"] or cmap
         tiles.append(tile)
@@ -291,12 +294,7 @@ def mosaic_tiles(tiles: Sequence[str | os.PathLike], out_path: str | os.PathLike
     and COG tile size (px, a multiple of 16); memory grows with it, not with the region.
     ``progress(done, total)`` is called after each window.
     """
-    from rasterio.enums import Resampling
-    from rasterio.features import geometry_mask
-    from rasterio.transform import from_origin
-    from rasterio.warp import transform_geom
-    from rasterio.windows import Window
-    from rasterio.windows import transform as window_transform
+    import rasterio
 
     if not tiles:
         raise DataError("no tiles to mosaic")
@@ -306,80 +304,107 @@ def mosaic_tiles(tiles: Sequence[str | os.PathLike], out_path: str | os.PathLike
         raise ConfigError(f"block must be a positive multiple of 16, got {block}")
     if not resolution > 0:
         raise ConfigError(f"--resolution must be a positive number of metres, got {resolution}")
-    dst_crs = _parse_crs(crs)
-    res = float(resolution)
+    dst_crs, res = check_crs(crs), float(resolution)
     infos, meta = _open_tiles([str(t) for t in tiles], dst_crs, res)
     kind = _kind(meta, infos[0].path)
-    nodata = meta["nodata"]
-
-    geom = None
-    if aoi is not None:
-        g = aoi.get("geometry", aoi) if aoi.get("type") == "Feature" else aoi
-        try:
-            geom = transform_geom("EPSG:4326", dst_crs, _densify(g))
-            box = _lonlat_box(geom)  # the bounds of the geometry in the output CRS
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"--aoi is not a GeoJSON geometry in EPSG:4326: {e}") from e
-    else:
-        box = (min(t.box[0] for t in infos), min(t.box[1] for t in infos),
-               max(t.box[2] for t in infos), max(t.box[3] for t in infos))
-    left, bottom, right, top = _snap_out(box, res)
-    width, height = max(1, round((right - left) / res)), max(1, round((top - bottom) / res))
-    transform = from_origin(left, top, res, res)
-    grid_offset = (round(left / res), round(-top / res))  # output pixel (0, 0) on the aligned-tile grid
-
-    resampling = Resampling.nearest if kind == "classes" else Resampling.bilinear
-    windows = [Window(c, r, min(block, width - c), min(block, height - r))
-               for r in range(0, height, block) for c in range(0, width, block)]
-    # The tiles each window reads, and after which window a tile is no longer needed.
-    needs = [[t for t in infos if _meets(t, window_transform(win, transform), win, res)] for win in windows]
-    last_use = {t.path: i for i, ts in enumerate(needs) for t in ts}
-    readers: dict[str, _TileReader] = {}
-    covered = 0
-
-    def blocks() -> Iterator[tuple[object, np.ndarray]]:
-        nonlocal covered
-        for i, win in enumerate(windows):
-            h, w = int(win.height), int(win.width)
-            wt = window_transform(win, transform)
-            out = np.full((meta["count"], h, w), nodata, meta["dtype"])
-            inside = None
-            if geom is not None:
-                inside = geometry_mask([geom], (h, w), wt, invert=True)
-            if inside is None or inside.any():
-                for t in needs[i]:
-                    if t.path not in readers:
-                        readers[t.path] = _TileReader(t, dst_crs, transform, width, height, nodata, resampling)
-                _fill_window(out, win, wt, [readers[t.path] for t in needs[i]], grid_offset, nodata, res)
-                if inside is not None:
-                    out[:, ~inside] = nodata
-            for t in needs[i]:
-                if last_use[t.path] == i and t.path in readers:
-                    readers.pop(t.path).close()
-            covered += int(_valid(out, nodata).sum())
-            yield win, out
-            if progress is not None:
-                progress(i + 1, len(windows))
+    geom = _aoi_geometry(aoi, dst_crs)
+    box = _lonlat_box(geom) if geom is not None else (  # (left, bottom, right, top) in the output CRS
+        min(t.box[0] for t in infos), min(t.box[1] for t in infos),
+        max(t.box[2] for t in infos), max(t.box[3] for t in infos))
+    mosaic = _WindowMosaic(infos, meta, kind, dst_crs, _snap_out(box, res), res, block, geom, progress)
 
     out_path = Path(out_path)
     tags = {**meta["tags"], "geofm_output": kind, "geofm_mosaic_rule": rule,
             "geofm_mosaic_tiles": ",".join(t.name for t in infos)}
-    descriptions = meta["descriptions"] if any(meta["descriptions"]) else ()
-    import rasterio
-
     try:
-        with rasterio.Env(GDAL_CACHEMAX=64 << 20):
-            write_cog(out_path, blocks(), width=width, height=height, count=meta["count"], dtype=meta["dtype"],
-                      crs=dst_crs, transform=transform, nodata=nodata, block=block, compress=compress,
-                      overviews=overviews, resampling="nearest" if kind == "classes" else "average",
-                      descriptions=descriptions, tags=tags, colormap=meta["colormap"] if kind == "classes" else None)
+        with rasterio.Env(GDAL_CACHEMAX=64 << 20):  # GDAL's block cache would otherwise grow with the region
+            write_cog(out_path, mosaic.blocks(), width=mosaic.width, height=mosaic.height, count=meta["count"],
+                      dtype=meta["dtype"], crs=dst_crs, transform=mosaic.transform, nodata=meta["nodata"],
+                      block=block, compress=compress, overviews=overviews,
+                      resampling="nearest" if kind == "classes" else "average",
+                      descriptions=meta["descriptions"] if any(meta["descriptions"]) else (), tags=tags,
+                      colormap=meta["colormap"] if kind == "classes" else None)
     finally:
-        for r in readers.values():
+        mosaic.close()
+    log.info("mosaic %s: %d tiles -> %dx%d px on %s at %g m, %d px covered", out_path, len(infos), mosaic.width,
+             mosaic.height, dst_crs.to_string(), res, mosaic.covered)
+    return MosaicResult(out_path, dst_crs.to_string(), mosaic.transform, mosaic.width, mosaic.height, mosaic.bounds,
+                        kind, mosaic.covered, [t.path for t in infos])
+
+
+def _aoi_geometry(aoi: dict | None, dst_crs) -> dict | None:
+    """The AOI (GeoJSON geometry or Feature, EPSG:4326) in the output CRS, edges densified first."""
+    from rasterio.warp import transform_geom
+
+    if aoi is None:
+        return None
+    g = aoi.get("geometry", aoi) if aoi.get("type") == "Feature" else aoi
+    try:
+        return transform_geom("EPSG:4326", dst_crs, _densify(g))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--aoi is not a GeoJSON geometry in EPSG:4326: {e}") from e
+
+
+class _WindowMosaic:
+    """The output grid cut into windows, and the open tiles: yields each finished window in turn."""
+
+    def __init__(self, tiles: list[_Tile], meta: dict, kind: str, dst_crs, bounds: tuple, res: float, block: int,
+                 aoi: dict | None, progress: Callable[[int, int], None] | None):
+        from rasterio.enums import Resampling
+        from rasterio.transform import from_origin
+        from rasterio.windows import Window
+        from rasterio.windows import transform as window_transform
+
+        left, bottom, right, top = bounds
+        self.bounds, self.res, self.meta, self.aoi, self.progress = bounds, res, meta, aoi, progress
+        self.dst_crs = dst_crs
+        self.width, self.height = max(1, round((right - left) / res)), max(1, round((top - bottom) / res))
+        self.transform = from_origin(left, top, res, res)
+        self.grid_offset = (round(left / res), round(-top / res))  # output pixel (0, 0) on the aligned-tile grid
+        self.resampling = Resampling.nearest if kind == "classes" else Resampling.bilinear
+        self.windows = [Window(c, r, min(block, self.width - c), min(block, self.height - r))
+                        for r in range(0, self.height, block) for c in range(0, self.width, block)]
+        # The tiles each window reads, and after which window a tile is no longer needed (then closed).
+        self.needs = [[t for t in tiles if _meets(t, window_transform(w, self.transform), w, res)]
+                      for w in self.windows]
+        self.last_use = {t.path: i for i, ts in enumerate(self.needs) for t in ts}
+        self.readers: dict[str, _TileReader] = {}
+        self.covered = 0
+
+    def blocks(self) -> Iterator[tuple[object, np.ndarray]]:
+        """(window, (count, h, w) array) for every window, row by row."""
+        from rasterio.features import geometry_mask
+        from rasterio.windows import transform as window_transform
+
+        nodata = self.meta["nodata"]
+        for i, win in enumerate(self.windows):
+            h, w = int(win.height), int(win.width)
+            wt = window_transform(win, self.transform)
+            out = np.full((self.meta["count"], h, w), nodata, self.meta["dtype"])
+            inside = None if self.aoi is None else geometry_mask([self.aoi], (h, w), wt, invert=True)
+            if inside is None or inside.any():
+                _fill_window(out, win, wt, [self._reader(t) for t in self.needs[i]], self.grid_offset, nodata,
+                             self.res)
+                if inside is not None:
+                    out[:, ~inside] = nodata
+            for t in self.needs[i]:
+                if self.last_use[t.path] == i and t.path in self.readers:
+                    self.readers.pop(t.path).close()
+            self.covered += int(_valid(out, nodata).sum())
+            yield win, out
+            if self.progress is not None:
+                self.progress(i + 1, len(self.windows))
+
+    def _reader(self, tile: _Tile) -> _TileReader:
+        if tile.path not in self.readers:
+            self.readers[tile.path] = _TileReader(tile, self.dst_crs, self.transform, self.width, self.height,
+                                                  self.meta["nodata"], self.resampling)
+        return self.readers[tile.path]
+
+    def close(self) -> None:
+        for r in self.readers.values():
             r.close()
-    log.info("mosaic %s: %d tiles -> %dx%d px on %s at %g m, %d px covered", out_path, len(infos), width, height,
-             dst_crs.to_string(), res, covered)
-    return MosaicResult(out_path, dst_crs.to_string(), transform, width, height, (left, bottom, right, top), kind,
-                        covered, [t.path for t in infos])
+        self.readers.clear()
 
 
 def _valid(arr: np.ndarray, nodata: float) -> np.ndarray:
@@ -425,4 +450,4 @@ def _fill_window(out: np.ndarray, win, wt, readers: list[_TileReader], grid_offs
         np.copyto(out, buf, where=take[None])
 
 
-__all__ = ["MosaicResult", "majority_utm_crs", "mosaic_tiles"]
+__all__ = ["MosaicResult", "check_crs", "majority_utm_crs", "mosaic_tiles"]
