@@ -269,4 +269,8 @@ def test_bad_arguments(tmp_path):
                    OutputSpec.probabilities(2))
     with pytest.raises(DataError, match="TA.tif' has count 1, expected 2 as '.*P.tif'"):
         mosaic_tiles([t["A"][0], p], tmp_path / "m.tif", crs=Z10)
+    other = write_tile(tmp_path / "Q.tif", np.zeros((1, 20, 20)), Z10, from_origin(X10, Y10, RES, RES),
+                       OutputSpec.classes(3, ["a", "b", "c"]))
+    with pytest.raises(DataError, match="TA.tif' has classes .*land.*one model"):
+        mosaic_tiles([t["A"][0], other], tmp_path / "m.tif", crs=Z10)
     assert not (tmp_path / "m.tif").exists()

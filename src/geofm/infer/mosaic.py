@@ -38,11 +38,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geofm.errors import ConfigError, DataError
 from geofm.io import write_cog
+
+if TYPE_CHECKING:
+    from rasterio.crs import CRS
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +161,7 @@ def _densify(geom: dict, step: float = 0.01) -> dict:
     return geom
 
 
-def check_crs(crs):
+def check_crs(crs: str | CRS) -> CRS:
     """``crs`` (``"EPSG:32610"``, WKT, a :class:`rasterio.crs.CRS`) as a projected CRS; else
     :class:`ConfigError` naming ``--crs`` (call it before any work to validate the option)."""
     from rasterio.crs import CRS
@@ -225,6 +229,9 @@ def _open_tiles(paths: Sequence[str], dst_crs, res: float) -> tuple[list[_Tile],
             if not (this["nodata"] == meta["nodata"] or (np.isnan(this["nodata"]) and np.isnan(meta["nodata"]))):
                 raise DataError(f"tile '{p}' has nodata {this['nodata']}, expected {meta['nodata']} as "
                                 f"'{tiles[0].path}'")
+            if tags.get("classes") != meta["tags"].get("classes"):
+                raise DataError(f"tile '{p}' has classes {tags.get('classes')}, expected {meta['tags'].get('classes')}"
+                                f" as '{tiles[0].path}': tiles of one mosaic must come from one model")
             meta["tags"] = {k: v for k, v in meta["tags"].items() if tags.get(k) == v}
             meta["colormap"] = meta["colormap"] or cmap
         tiles.append(tile)
@@ -281,7 +288,7 @@ class _TileReader:
 
 # --------------------------------------------------------------------------- the mosaic
 def mosaic_tiles(tiles: Sequence[str | os.PathLike], out_path: str | os.PathLike, *,
-                 crs, resolution: float = 30.0, aoi: dict | None = None, rule: str = "nearest-centre",
+                 crs: str | CRS, resolution: float = 30.0, aoi: dict | None = None, rule: str = "nearest-centre",
                  block: int = 512, progress: Callable[[int, int], None] | None = None,
                  overviews: bool = True, compress: str = "deflate") -> MosaicResult:
     """Mosaic prediction COGs into one COG at ``out_path`` on ``crs`` / ``resolution`` (see module doc).
@@ -326,6 +333,8 @@ def mosaic_tiles(tiles: Sequence[str | os.PathLike], out_path: str | os.PathLike
                       colormap=meta["colormap"] if kind == "classes" else None)
     finally:
         mosaic.close()
+    if not mosaic.covered:
+        log.warning("mosaic %s has no data: no tile has valid pixels inside the output extent", out_path)
     log.info("mosaic %s: %d tiles -> %dx%d px on %s at %g m, %d px covered", out_path, len(infos), mosaic.width,
              mosaic.height, dst_crs.to_string(), res, mosaic.covered)
     return MosaicResult(out_path, dst_crs.to_string(), mosaic.transform, mosaic.width, mosaic.height, mosaic.bounds,
