@@ -1,11 +1,15 @@
-"""IO helpers shared by every writer: outputs appear whole or not at all; the GeoTIFF and COG writers."""
+"""IO helpers shared by every writer: outputs appear whole or not at all.
+
+:func:`write_geotiff` writes an array held in memory; :func:`write_cog` is the one Cloud-Optimized
+GeoTIFF writer (scene predictions, mosaics), window by window.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from geofm.errors import OutputError
@@ -102,7 +106,8 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
 def write_geotiff(path: str | os.PathLike, array, *, crs, transform, nodata: float | None = None,
                   descriptions: list[str] | None = None, tags: dict[str, str] | None = None, **options) -> Path:
     """``array`` (bands, H, W) or (H, W) -> a GeoTIFF at ``path`` on the grid (``crs``, ``transform``),
-    written atomically: the one GeoTIFF writer of geofm for arrays held in memory.
+    written atomically: the GeoTIFF writer of geofm for arrays held in memory (rasters written window by
+    window go through :func:`write_cog`).
 
     ``options`` are GDAL creation options as rasterio takes them (``compress="deflate"``,
     ``tiled=True, blockxsize=256, blockysize=256``, ...); the data type is the array's.
@@ -123,14 +128,51 @@ def write_geotiff(path: str | os.PathLike, array, *, crs, transform, nodata: flo
     return Path(path)
 
 
-def copy_as_cog(src: str | os.PathLike, path: str | os.PathLike, *, block: int = 512, compress: str = "deflate",
-                overviews: bool = True, resampling: str = "NEAREST") -> Path:
-    """A tiled GeoTIFF ``src`` -> a Cloud-Optimized GeoTIFF at ``path`` (GDAL's COG driver, predictor on,
-    ``resampling`` for the overviews), written atomically. Large rasters are written window by window
-    into ``src`` first (:mod:`geofm.infer.scene`); small ones with :func:`write_geotiff`."""
+
+def write_cog(path: str | os.PathLike, blocks: Iterable, *, width: int, height: int, count: int, dtype: str,
+              crs, transform, nodata: float | None, block: int = 512, compress: str = "deflate",
+              overviews: bool = True, resampling: str = "nearest", descriptions: Sequence[str] = (),
+              tags: dict | None = None, colormap: dict | None = None,
+              staging: str | os.PathLike | None = None) -> Path:
+    """Write a Cloud-Optimized GeoTIFF at ``path`` from ``blocks``, never holding the raster whole.
+
+    ``blocks`` yields ``(window, array)`` pairs, ``array`` (count, h, w) of ``dtype`` for the
+    :class:`rasterio.windows.Window` ``window``; together they should cover the raster (pixels
+    never written read as 0). They are written into a tiled GeoTIFF staged at ``staging`` (default:
+    a hidden temporary file next to ``path``, removed at the end), then copied by GDAL's COG driver
+    (``block`` px tiles, ``compress`` with a predictor, internal overviews resampled with
+    ``resampling`` unless ``overviews`` is False) to a temporary name renamed onto ``path``.
+    ``descriptions`` (one per band), ``tags`` (dataset metadata) and ``colormap`` (band 1,
+    ``{value: (r, g, b, a)}``) are carried into the COG. The bytes depend only on the arguments.
+    """
+    import rasterio
     import rasterio.shutil
 
-    with atomic_path(path) as tmp:
-        rasterio.shutil.copy(src, tmp, driver="COG", BLOCKSIZE=block, COMPRESS=compress.upper(), PREDICTOR="YES",
-                             OVERVIEWS="AUTO" if overviews else "NONE", RESAMPLING=resampling, BIGTIFF="IF_SAFER")
-    return Path(path)
+    path = Path(path)
+    predictor = 2 if dtype in ("uint8", "uint16", "int16", "uint32", "int32") else 3
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
+                   transform=transform, nodata=nodata, tiled=True, blockxsize=block, blockysize=block,
+                   compress=compress, predictor=predictor, BIGTIFF="IF_SAFER")
+    with contextlib.ExitStack() as stack:
+        if staging is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".staged.tif", dir=path.parent)
+            os.close(fd)
+            staged = Path(name)
+        else:
+            staged = Path(staging)
+        stack.callback(staged.unlink, missing_ok=True)
+        with rasterio.open(staged, "w", **profile) as dst:
+            for window, arr in blocks:
+                dst.write(arr, window=window)
+            for i, d in enumerate(descriptions, start=1):
+                dst.set_band_description(i, d)
+            if tags:
+                dst.update_tags(**tags)
+            if colormap:
+                dst.write_colormap(1, colormap)
+        with atomic_path(path) as tmp:
+            rasterio.shutil.copy(staged, tmp, driver="COG", BLOCKSIZE=block, COMPRESS=compress.upper(),
+                                 PREDICTOR="YES", OVERVIEWS="AUTO" if overviews else "NONE",
+                                 RESAMPLING=resampling.upper(), BIGTIFF="IF_SAFER")
+    return path

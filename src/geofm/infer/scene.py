@@ -60,7 +60,7 @@ from geofm.bands import HLS_NODATA, normalize
 from geofm.data.hls import (DEFAULT_CLOUD_BITS, Frame, Grid, cfmask_to_hls_fmask, check_same_grid, cloud_mask,
                             read_frame_window)
 from geofm.errors import ConfigError, DataError
-from geofm.io import atomic_path, copy_as_cog
+from geofm.io import atomic_path, write_cog
 
 log = logging.getLogger(__name__)
 
@@ -598,24 +598,17 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
 
 def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: OutputSpec, block: int, H: int,
               W: int, overviews: bool, compress: str, tags: dict | None) -> None:
-    """Copy the part files into a tiled GeoTIFF, then into a COG under a temporary name, renamed at the end."""
+    """Copy the part files into a COG (:func:`geofm.io.write_cog`) under a temporary name, renamed at the end."""
     import rasterio
     from rasterio.windows import Window
 
-    predictor = 2 if output.dtype in ("uint8", "uint16", "int16") else 3
-    profile = dict(driver="GTiff", width=W, height=H, count=output.count, dtype=output.dtype, crs=grid.crs,
-                   transform=rasterio.Affine(*grid.transform), nodata=output.nodata, tiled=True,
-                   blockxsize=block, blockysize=block, compress=compress, predictor=predictor, BIGTIFF="IF_SAFER")
-    staged = parts.dir / "staged.tif"
-    with rasterio.open(staged, "w", **profile) as dst:
-        for r0 in range(0, H, block):
-            r1 = min(H, r0 + block)
-            dst.write(parts.load(r0, r1), window=Window(0, r0, W, r1 - r0))
-        for i, d in enumerate(output.descriptions, start=1):
-            dst.set_band_description(i, d)
-        dst.update_tags(**{"geofm_output": output.kind, **output.tags, **(tags or {})})
-    copy_as_cog(staged, out_path, block=block, compress=compress, overviews=overviews,
-                resampling="NEAREST" if output.kind == "classes" else "AVERAGE")
+    blocks = ((Window(0, r0, W, min(H, r0 + block) - r0), parts.load(r0, min(H, r0 + block)))
+              for r0 in range(0, H, block))
+    write_cog(out_path, blocks, width=W, height=H, count=output.count, dtype=output.dtype, crs=grid.crs,
+              transform=rasterio.Affine(*grid.transform), nodata=output.nodata, block=block, compress=compress,
+              overviews=overviews, resampling="nearest" if output.kind == "classes" else "average",
+              descriptions=output.descriptions, tags={"geofm_output": output.kind, **output.tags, **(tags or {})},
+              staging=parts.dir / "staged.tif")
 
 
 __all__ = ["AxisTiling", "MaskedPredictor", "OutputSpec", "Predictor", "SceneResult", "check_tiling",
