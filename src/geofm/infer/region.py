@@ -187,10 +187,12 @@ def check_crs(crs: str | None) -> str | None:
     """``--crs`` as given when it parses (EPSG:XXXX, a WKT or PROJ string); :class:`ConfigError` otherwise."""
     if crs is None:
         return None
+    import rasterio
     from rasterio.crs import CRS
 
     try:
-        CRS.from_user_input(crs)
+        with rasterio.Env():  # GDAL's messages go to rasterio's logger, not to stderr
+            CRS.from_user_input(crs)
     except Exception as e:  # noqa: BLE001  (CRSError, or rasterio's base class for PROJ failures)
         raise ConfigError(f"--crs '{crs}' is not a coordinate reference system (expected e.g. EPSG:32610, "
                           f"a WKT or a PROJ string): {e}") from None
