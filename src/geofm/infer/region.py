@@ -149,13 +149,25 @@ def group_tiles(frames: Sequence[hls.Frame]) -> dict[str, list[hls.Frame]]:
 
 
 def footprint(tp: TilePlan) -> None:
-    """Fill ``crs``, ``bounds`` and ``area_km2`` of a tile from its first granule's grid."""
-    g = hls.frame_grid(tp.candidates[0])
-    a, _, c, _, e, f = g.transform
-    xs, ys = (c, c + a * g.width), (f, f + e * g.height)
-    tp.crs = hls.crs_name(g.crs) if hls.crs_name(g.crs).startswith("EPSG:") else g.crs
-    tp.bounds = (min(xs), min(ys), max(xs), max(ys))
-    tp.area_km2 = abs(a * e) * g.width * g.height / 1e6
+    """Fill ``crs``, ``bounds`` and ``area_km2`` of a tile: from its MGRS id (nothing read), else its first file."""
+    from geofm.data.remote.stac import mgrs_tile_bounds
+
+    if not tp.tile.startswith("grid"):
+        try:
+            epsg, tp.bounds = mgrs_tile_bounds(tp.tile)
+            tp.crs = f"EPSG:{epsg}"
+        except ConfigError:
+            tp.bounds = None
+    if tp.bounds is None:
+        path = tp.candidates[0].sources[0][0]
+        with hls.open_raster(path) as src:
+            if src.crs is None:
+                raise DataError(f"'{path}' has no CRS: expected a georeferenced GeoTIFF")
+            name = hls.crs_name(src.crs.to_wkt())
+            tp.crs = name if name.startswith("EPSG:") else src.crs.to_wkt()
+            tp.bounds = tuple(src.bounds)
+    x0, y0, x1, y1 = tp.bounds
+    tp.area_km2 = (x1 - x0) * (y1 - y0) / 1e6
 
 
 def touches_aoi(tp: TilePlan, aoi: dict, cells: int = 64) -> bool:
