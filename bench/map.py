@@ -9,7 +9,8 @@ MGRS tiles across UTM zones 10 and 11 (10SEG 10SFG 10SGG 10SFF 10SGF 11SKB 11SKA
 
 1. ``map_region`` on a LocalCluster of 1 worker (1 thread) started beforehand (its start and the
    workers' imports are not timed; each worker loads the model in the run), 9 tiles;
-2. the same on 2 workers (1 thread each): parallel efficiency = t1 / (2 t2);
+2. the same on 2 workers (1 thread each): parallel efficiency = t1 / (2 t2); the tasks' CPU seconds
+   (their worker's ``process_time``) show whether 2 workers do more work, or only wait for cores;
 3. 1 worker on the first 3 tiles only: the worker's peak RSS (``ru_maxrss``) after 3 and after 9
    tiles (fresh clusters) shows whether memory grows with the number of tiles;
 4. the user's alternative in this process with 1 torch thread: a loop of ``predict_checkpoint``
@@ -95,6 +96,7 @@ def run_map(region: Path, export: Path, tiles, workers: int, out: Path, mosaic: 
         rss = client.run(_peak_rss_mib)
     assert not res.failed and len(res.predicted) == len(tiles), res.tiles
     return {"seconds": seconds, "mosaic_seconds": res.mosaic_seconds, "rss": max(rss.values()),
+            "cpu": sum(t.cpu_seconds for t in res.predicted),
             "km2": res.area_km2, "result": res}
 
 
@@ -162,7 +164,8 @@ def main() -> None:
     print(f"| loop of predict_checkpoint + rasterio.merge (1 thread) | {alt['seconds']:.1f} | "
           f"{one['km2'] / alt['seconds']:,.0f} | {mpx / alt['seconds']:.2f} | "
           f"{100 * alt['mosaic_seconds'] / alt['seconds']:.1f} % | {_peak_rss_mib():.0f} MiB (this process) |")
-    print(f"parallel efficiency 1 -> 2 workers: {100 * eff:.0f} % (target >= 80 %)")
+    print(f"parallel efficiency 1 -> 2 workers: {100 * eff:.0f} % (target >= 80 %); CPU seconds of the tile tasks: "
+          f"{one['cpu']:.1f} (1 worker), {two['cpu']:.1f} (2 workers): {two['cpu'] / one['cpu']:.2f}x the work")
     print(f"peak RSS of the worker: {few['rss']:.0f} MiB after 3 tiles, {one['rss']:.0f} MiB after 9 tiles "
           f"({one['rss'] / few['rss']:.2f}x)")
     print(f"geofm map 1 worker vs the loop: {alt['seconds'] / one['seconds']:.2f}x the loop's speed")

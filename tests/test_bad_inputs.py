@@ -165,6 +165,8 @@ CASES = [
     Case("map-out-below-a-file", [*MAP, "--out", "{file}/map"], ["--out", "afile.txt"], ["file"]),
     Case("map-out-read-only", [*MAP, "--out", "{readonly}/map"], ["--out", "read-only"], ["readonly"],
          skip_as_root=True),
+    Case("map-out-holds-another-models-tiles", [*MAP, "--out", "{othermap}"], ["--out", "othermap", "another model"],
+         ["othermap"]),
     Case("map-crs-unparsable", [*MAP, "--out", "{new}", "--crs", "EPSG:99999"], ["--crs", "EPSG:99999"], ["new"]),
     Case("map-frames-not-the-models", [*MAP, "--out", "{new}", "--frames", "2"], ["--frames 2", "3 frame(s)"],
          ["new"]),
@@ -280,6 +282,9 @@ def build_workspace(root: Path) -> dict[str, Path]:
     w["empty_manifest"].write_text('{"type": "FeatureCollection", "features": []}')
     w["far_aoi"] = root / "far.geojson"  # Horn of Africa, far from tile 10SEG
     w["far_aoi"].write_text('{"type": "Polygon", "coordinates": [[[44, 15], [45, 15], [45, 16], [44, 16], [44, 15]]]}')
+    w["othermap"] = root / "othermap"  # the output folder of a map with another model
+    w["othermap"].mkdir()
+    (w["othermap"] / "map-settings.json").write_text('{"checkpoint": "/models/other", "model": "0123456789abcdef"}')
     w["classifier"] = root / "classifier"  # a geofm export of a task that maps nothing
     shutil.copytree(w["export"], w["classifier"])
     cfg = json.loads((w["classifier"] / "config.json").read_text())

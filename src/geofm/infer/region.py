@@ -55,6 +55,7 @@ from geofm.errors import ConfigError, DataError, GeofmError, OutputError
 log = logging.getLogger(__name__)
 
 LOG_NAME = "map-log.jsonl"
+SETTINGS_NAME = "map-settings.json"  # the model and options the tiles were made with
 TILES_DIR = "tiles"
 MOSAIC_NAME = "mosaic.tif"
 OVERVIEW_PX = 64  # side of the decimated Fmask read that scores a granule
@@ -320,7 +321,7 @@ def run_tile(job: dict) -> dict:
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = {"tile": job["tile"], "worker": _worker_name(), "pid": os.getpid(), "model_loaded": False}
     gdal = job.get("gdal_options")
     try:
@@ -337,6 +338,7 @@ def run_tile(job: dict) -> dict:
     except Exception as e:  # noqa: BLE001 - one tile's failure (a damaged file, a server's 401) must not stop the map
         out.update(outcome="failed", reason=f"{type(e).__name__}: {e}")
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = time.process_time() - c0  # of the whole worker process: one task runs in it at a time
     out["model_loads"] = MODEL_LOADS["count"]
     return out
 
@@ -353,6 +355,7 @@ class TileOutcome:
     inputs: list[str]  # granule ids of the chosen frames
     reason: str | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     worker: str | None = None
     area_km2: float = 0.0
     model_loaded: bool = False
@@ -402,6 +405,30 @@ def check_out_dir(out_dir: Path) -> None:
             raise OutputError(f"--out '{out_dir}': '{sub}' cannot be written (read-only)")
     if (out_dir / TILES_DIR).exists() and not (out_dir / TILES_DIR).is_dir():
         raise OutputError(f"--out '{out_dir}': '{out_dir / TILES_DIR}' is a file, expected the tiles folder")
+
+
+def map_settings(checkpoint: str, info, opts: dict) -> dict:
+    """What makes a tile file: the model (its files' fingerprint) and the prediction options."""
+    from geofm.infer.predict import _model_files, _run_id
+
+    keep = ("tile_px", "overlap", "batch_size", "probabilities", "block")
+    return {"checkpoint": str(Path(checkpoint).resolve()), "model": _run_id(_model_files(Path(checkpoint), info)),
+            **{k: opts[k] for k in keep}}
+
+
+def check_settings(out_dir: Path, settings: dict) -> None:
+    """The tiles already in ``out_dir`` were made with ``settings``: else they would be reused wrongly."""
+    path = out_dir / SETTINGS_NAME
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"--out '{out_dir}': cannot read '{path}': {e}") from e
+    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if diff:
+        raise DataError(f"--out '{out_dir}' holds tiles of another model or other options ({', '.join(diff)} "
+                        "differ): use a new --out, or delete it")
 
 
 def _check_options(frames: int | None, resolution: float, workers: int | None, tile: int | None, overlap: int,
@@ -497,11 +524,12 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
             plans = plan_tiles(found, n_frames, start_d, end_d, aoi_geom)
             mosaic_crs = crs or default_crs(plans)
             external = scheduler not in (None, "sync")
-            result = _execute(plans, checkpoint, out_dir, mosaic_crs, dict(
-                device=device, tile_px=tile, overlap=overlap, batch_size=batch_size,
-                probabilities=probabilities, block=block,
-                gdal_options=WorkerGdalOptions(gdal_env) if gdal_env and external else None),
-                scheduler, workers, progress, item_hrefs)
+            opts = dict(device=device, tile_px=tile, overlap=overlap, batch_size=batch_size,
+                        probabilities=probabilities, block=block,
+                        gdal_options=WorkerGdalOptions(gdal_env) if gdal_env and external else None)
+            settings = map_settings(checkpoint, info, opts)
+            check_settings(out_dir, settings)
+            result = _execute(plans, checkpoint, out_dir, mosaic_crs, opts, settings, scheduler, workers, progress)
         finally:
             restore_env(old_env)
     if mosaic and not result.failed and result.finished:
@@ -520,11 +548,16 @@ def _job(tp: TilePlan, checkpoint: str, path: Path, opts: dict) -> dict:
             "frames": [_frame_to_json(f) for f in tp.frames], **opts}
 
 
-def _execute(plans: list[TilePlan], checkpoint: str, out_dir: Path, crs: str, opts: dict, scheduler: str | None,
-             workers: int | None, progress, item_hrefs: dict) -> MapResult:
+def _execute(plans: list[TilePlan], checkpoint: str, out_dir: Path, crs: str, opts: dict, settings: dict,
+             scheduler: str | None, workers: int | None, progress) -> MapResult:
     """Run the tiles that are not finished; log every tile; return the outcomes in tile order."""
+    from geofm.io import atomic_path
+
     tiles_dir = out_dir / TILES_DIR
     tiles_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / SETTINGS_NAME).is_file():
+        with atomic_path(out_dir / SETTINGS_NAME) as tmp:
+            tmp.write_text(json.dumps(settings, indent=1) + "\n")
     log_path = out_dir / LOG_NAME
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     outcomes: dict[str, TileOutcome] = {}
@@ -536,7 +569,7 @@ def _execute(plans: list[TilePlan], checkpoint: str, out_dir: Path, crs: str, op
                 "path": str(oc.path) if oc.path else None, "dates": [d.isoformat() for d in oc.dates],
                 "inputs": oc.inputs, "candidates": {f.granule_id: round(tp.scores[f.granule_id], 6)
                                                     if f.granule_id in tp.scores else None for f in tp.candidates},
-                "seconds": round(oc.seconds, 3), "worker": oc.worker, "model_loaded": oc.model_loaded,
+                "seconds": round(oc.seconds, 3), "cpu_seconds": round(oc.cpu_seconds, 3), "worker": oc.worker, "model_loaded": oc.model_loaded,
                 "area_km2": round(tp.area_km2, 3)}
         with open(log_path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
@@ -563,7 +596,7 @@ def _execute(plans: list[TilePlan], checkpoint: str, out_dir: Path, crs: str, op
     for res in _run_jobs([_job(tp, checkpoint, tiles_dir / tp.file_name, opts) for tp in todo], scheduler, workers):
         tp = by_name[res["tile"]]
         record(tp, outcome(tp, res["outcome"], reason=res.get("reason"), seconds=res.get("seconds", 0.0),
-                           worker=res.get("worker"), model_loaded=res.get("model_loaded", False)))
+                           cpu_seconds=res.get("cpu_seconds", 0.0), worker=res.get("worker"), model_loaded=res.get("model_loaded", False)))
         done += 1
         if progress is not None:
             progress(done, total)
