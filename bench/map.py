@@ -18,9 +18,9 @@ MGRS tiles across UTM zones 10 and 11 (10SEG 10SFG 10SGG 10SFF 10SGF 11SKB 11SKA
    ``WarpedVRT`` (what a user writes without ``geofm map``).
 
 Steps 1, 2 and 4 repeat ``--rounds`` times, interleaved; each row reports its fastest round (on a
-shared machine the other rounds measure the neighbours' load). The mosaic's share of the map run is printed when ``geofm.infer.mosaic`` is installed (else the
-runs are tiles only). km²/s counts the tiles' 109.8 km footprints (so it depends on ``--size``);
-Mpx/s counts input pixels per frame.
+shared machine the other rounds measure the neighbours' load). The mosaic's share of the map run
+is printed when ``geofm.infer.mosaic`` is installed (else the runs are tiles only). km²/s counts
+the tiles' 109.8 km footprints (so it depends on ``--size``); Mpx/s counts input pixels per frame.
 """
 
 from __future__ import annotations

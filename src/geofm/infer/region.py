@@ -480,7 +480,7 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
     LocalCluster of ``workers`` processes (default: one per core, at most one per tile).
     ``progress(done, total)`` is called as tiles finish. Nothing is written before every check passed.
     """
-    from geofm.data.ingest import check_scheduler, discover_frames, expand_inputs, summarize_skipped, IngestConfig
+    from geofm.data.ingest import IngestConfig, check_scheduler, discover_frames, expand_inputs, summarize_skipped
     from geofm.data.remote import stac
     from geofm.data.remote.stream import WorkerGdalOptions, apply_gdal_env, resolve_inputs, restore_env
     from geofm.infer.predict import check_device
@@ -569,7 +569,8 @@ def _execute(plans: list[TilePlan], checkpoint: str, out_dir: Path, crs: str, op
                 "path": str(oc.path) if oc.path else None, "dates": [d.isoformat() for d in oc.dates],
                 "inputs": oc.inputs, "candidates": {f.granule_id: round(tp.scores[f.granule_id], 6)
                                                     if f.granule_id in tp.scores else None for f in tp.candidates},
-                "seconds": round(oc.seconds, 3), "cpu_seconds": round(oc.cpu_seconds, 3), "worker": oc.worker, "model_loaded": oc.model_loaded,
+                "seconds": round(oc.seconds, 3), "cpu_seconds": round(oc.cpu_seconds, 3), "worker": oc.worker,
+                "model_loaded": oc.model_loaded,
                 "area_km2": round(tp.area_km2, 3)}
         with open(log_path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
@@ -596,7 +597,8 @@ def _execute(plans: list[TilePlan], checkpoint: str, out_dir: Path, crs: str, op
     for res in _run_jobs([_job(tp, checkpoint, tiles_dir / tp.file_name, opts) for tp in todo], scheduler, workers):
         tp = by_name[res["tile"]]
         record(tp, outcome(tp, res["outcome"], reason=res.get("reason"), seconds=res.get("seconds", 0.0),
-                           cpu_seconds=res.get("cpu_seconds", 0.0), worker=res.get("worker"), model_loaded=res.get("model_loaded", False)))
+                           cpu_seconds=res.get("cpu_seconds", 0.0), worker=res.get("worker"),
+                           model_loaded=res.get("model_loaded", False)))
         done += 1
         if progress is not None:
             progress(done, total)
