@@ -8,6 +8,7 @@ The table below is the list of cases in ``docs/errors.md`` (regenerate that page
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ PRETRAIN = [*PRETRAIN_BASE, "out_dir={new}"]
 FINETUNE = ["finetune", "--config", "finetune/tiny_flood", "run_dir={new}"]
 EXPERIMENT = ["experiment", "--config", "finetune/tiny_flood", "--seeds", "1"]
 PREDICT = ["predict", "--checkpoint", "{export}", "--inputs", "{hls}", "--out"]
+MAP = ["map", "--checkpoint", "{export}", "{hls}", "--scheduler", "sync", "--tile", "64", "--overlap", "16"]
 
 CASES = [
     # ------------------------------------------------------------------ ingest
@@ -151,6 +153,27 @@ CASES = [
          ["--stacked-bands", "2,3,x"], ["new.tif"]),
     Case("predict-checkpoint-missing", ["predict", "--checkpoint", "{ws}/no_export", "--inputs", "{hls}",
                                         "--out", "{new}.tif"], ["no_export"], ["new.tif"]),
+    # ------------------------------------------------------------------ map
+    Case("map-manifest-empty", ["map", "--checkpoint", "{export}", "{empty_manifest}", "--out", "{new}"],
+         ["empty_manifest.json", "holds no granule"], ["new"]),
+    Case("map-window-without-granules", [*MAP, "--out", "{new}", "--start", "2030-01-01", "--end", "2030-12-31"],
+         ["--start 2030-01-01", "--end 2030-12-31", "no granule"], ["new"]),
+    Case("map-end-before-start", [*MAP, "--out", "{new}", "--start", "2020-09-01", "--end", "2020-03-01"],
+         ["--end 2020-03-01", "--start 2020-09-01"], ["new"]),
+    Case("map-aoi-touches-no-input", [*MAP, "--out", "{new}", "--aoi", "{far_aoi}"], ["--aoi", "T10SEG"], ["new"]),
+    Case("map-checkpoint-not-segmentation-or-imputation", ["map", "--checkpoint", "{classifier}", "{hls}",
+                                                           "--out", "{new}"],
+         ["classifier/config.json", "geofm_task", "'classification'"], ["new"]),
+    Case("map-out-below-a-file", [*MAP, "--out", "{file}/map"], ["--out", "afile.txt"], ["file"]),
+    Case("map-out-read-only", [*MAP, "--out", "{readonly}/map"], ["--out", "read-only"], ["readonly"],
+         skip_as_root=True),
+    Case("map-out-holds-another-models-tiles", [*MAP, "--out", "{othermap}"], ["--out", "othermap", "another model"],
+         ["othermap"]),
+    Case("map-crs-unparsable", [*MAP, "--out", "{new}", "--crs", "EPSG:99999"], ["--crs", "EPSG:99999"], ["new"]),
+    Case("map-frames-not-the-models", [*MAP, "--out", "{new}", "--frames", "2"], ["--frames 2", "3 frame(s)"],
+         ["new"]),
+    Case("map-workers-0", [*MAP[:4], "--out", "{new}", "--workers", "0"], ["--workers", "0"], ["new"]),
+    Case("map-resolution-0", [*MAP, "--out", "{new}", "--resolution", "0"], ["--resolution", "0"], ["new"]),
     # ------------------------------------------------------------------ pretrain
     Case("pretrain-empty-index", [*PRETRAIN, "data.index={empty_index}"], ["data.index", "empty.parquet", "0 training"],
          ["new"]),
@@ -257,6 +280,17 @@ def build_workspace(root: Path) -> dict[str, Path]:
     mean, std = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
     w["export"] = save_finetuned(model, root / "export", task="segmentation", mean=mean, std=std, bands=MODEL_BANDS,
                                  class_names=["land", "water"], img_size=64)
+    w["empty_manifest"] = root / "empty_manifest.json"
+    w["empty_manifest"].write_text('{"type": "FeatureCollection", "features": []}')
+    w["far_aoi"] = root / "far.geojson"  # Horn of Africa, far from tile 10SEG
+    w["far_aoi"].write_text('{"type": "Polygon", "coordinates": [[[44, 15], [45, 15], [45, 16], [44, 16], [44, 15]]]}')
+    w["othermap"] = root / "othermap"  # the output folder of a map with another model
+    w["othermap"].mkdir()
+    (w["othermap"] / "map-settings.json").write_text('{"checkpoint": "/models/other", "model": "0123456789abcdef"}')
+    w["classifier"] = root / "classifier"  # a geofm export of a task that maps nothing
+    shutil.copytree(w["export"], w["classifier"])
+    cfg = json.loads((w["classifier"] / "config.json").read_text())
+    (w["classifier"] / "config.json").write_text(json.dumps(dict(cfg, geofm_task="classification")))
     w["evil"] = root / "evil.pt"
     torch.save({"weight": torch.zeros(2), "extra": Payload(w["marker"])}, w["evil"])
     w["evilrun"] = root / "evilrun"

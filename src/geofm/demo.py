@@ -15,6 +15,9 @@ Steps (each prints what it did and where its outputs are):
 7. ``predict``: whole-scene prediction with the fine-tuned model, written window by window
    to georeferenced COGs: the 512 px Sen1Floods11 S2 scene (EPSG:4326) and one generated
    10SEG granule read from its per-band files (UTM 10N), each with a PNG.
+8. ``map``: a two-tile region map with ``geofm map``: two dates of 10SEG and its eastern
+   neighbour 10SFG (coarse 109.8 km granules that overlap by 10 km); per tile the clearer date by
+   Fmask, one Dask task per tile, then the mosaic and its STAC catalog.
 """
 
 from __future__ import annotations
@@ -92,6 +95,27 @@ def step_predict(out: Path, export: Path, granules: Path) -> list[dict]:
     return results
 
 
+def step_map(out: Path, export: Path, scheduler: str | None, size: int = 128) -> dict:
+    """Two tiles x two dates of coarse granules (``size`` px over 109.8 km) -> ``geofm map`` -> tiles + mosaic."""
+    import datetime as dt
+    import importlib.util
+
+    from geofm.data import synthetic
+    from geofm.infer.region import map_region
+
+    region = out / "region_granules"
+    for i, tile in enumerate(("10SEG", "10SFG")):
+        for k, cloud in enumerate((0.3, 0.05)):
+            when = dt.datetime(2021, 6, 1 + 16 * k, 18, 49, 19)
+            synthetic.write_granule(region, tile, when, size=size, seed=20 + 2 * i + k, cloud_cover=cloud,
+                                    pixel_size=109_800 / size)
+    # TODO(i19): drop this guard once geofm.infer.mosaic (branch i19m) is merged
+    mosaic = importlib.util.find_spec("geofm.infer.mosaic") is not None
+    res = map_region(export, [str(region)], out / "region_map", tile=64, overlap=16, resolution=1000.0,
+                     scheduler=scheduler, workers=2, mosaic=mosaic)
+    return {"result": res, "granules": region}
+
+
 def step_granules(out: Path, size: int) -> dict:
     """Generate 3 S30 granules of 10SEG (size x size px) and a land-cover map on their grid."""
     from geofm.data import synthetic
@@ -139,7 +163,7 @@ def run_demo(out: str | Path, *, size: int = 600, chip: int = 64, pretrain_steps
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    n_steps = 7
+    n_steps = 8
     t0 = time.perf_counter()
 
     echo(f"[1/{n_steps}] Generating an HLS S30 time series of MGRS tile 10SEG ({size} px, 3 dates, UTM 10N) ...")
@@ -188,6 +212,13 @@ def run_demo(out: str | Path, *, size: int = 600, chip: int = 64, pretrain_steps
     for m in maps:
         r = m["result"]
         echo(f"      {m['tif']} ({r.width}x{r.height} px, {m['crs']}, {r.tiles} tiles in {r.seconds:.1f} s) + {m['png']}")
+
+    echo(f"[8/{n_steps}] A two-tile region map (10SEG + 10SFG, the clearer of two dates each) with geofm map ...")
+    rm = results["map"] = step_map(out, f["export"], scheduler)["result"]
+    for t in rm.tiles:
+        echo(f"      {t.tile}: {t.outcome} {', '.join(str(d) for d in t.dates)} -> {t.path}")
+    echo(f"      {rm.area_km2:,.0f} km² in {rm.seconds:.1f} s; mosaic {rm.mosaic} ({rm.crs}); catalog {rm.catalog}; "
+         f"log {rm.log}")
     echo(f"done in {time.perf_counter() - t0:.0f} s; outputs in {out}")
     return results
 

@@ -26,6 +26,16 @@ TILES = {
     "14RMT": (32614, 399960.0, 3300000.0),  # Texas
     "17RML": (32617, 399960.0, 3100020.0),  # Florida (Tampa Bay)
     "38PMB": (32638, 399960.0, 1700040.0),  # Horn of Africa (tile of the bundled real Fmask)
+    # neighbours of 10SEG eastwards across the UTM zone 10 / 11 boundary (120 W), two rows: footprints overlap
+    # by ~10 km within a zone (HLS tiles are 109.8 km on a 100 km grid) and by ~80 km across it
+    "10SFG": (32610, 600000.0, 4200000.0),
+    "10SGG": (32610, 699960.0, 4200000.0),
+    "10SFF": (32610, 600000.0, 4100040.0),
+    "10SGF": (32610, 699960.0, 4100040.0),
+    "11SKB": (32611, 199980.0, 4200000.0),
+    "11SKA": (32611, 199980.0, 4100040.0),
+    "11SLB": (32611, 300000.0, 4200000.0),
+    "11SLA": (32611, 300000.0, 4100040.0),
 }
 # Typical surface reflectance x10000 (B, G, R, NIR, SWIR1, SWIR2) of a few land covers.
 _COVER_SPECTRA = np.array([
@@ -93,10 +103,13 @@ def synth_fmask(rng: np.random.Generator, h: int, w: int, cloud_cover: float) ->
 
 def write_granule(out_dir: str | Path, tile: str, when: dt.datetime, size: int = 3660, seed: int = 0,
                   cloud_cover: float = 0.1, swath_edge: float = 0.0, product: str = "S30",
-                  block: int = 256, compress: str = "deflate", cover: np.ndarray | None = None) -> list[Path]:
+                  block: int = 256, compress: str = "deflate", cover: np.ndarray | None = None,
+                  pixel_size: float = 30.0) -> list[Path]:
     """Write one synthetic HLS granule (six model bands + Fmask) and return the file paths.
 
-    ``swath_edge`` is the fraction of the tile (a corner triangle) left as nodata.
+    ``swath_edge`` is the fraction of the tile (a corner triangle) left as nodata. ``pixel_size``
+    (metres) with ``size`` sets the footprint: ``size=128, pixel_size=109800 / 128`` covers the
+    real 109.8 km tile with few pixels, so that neighbouring tiles overlap as HLS tiles do.
     """
     from rasterio.transform import from_origin
 
@@ -115,8 +128,8 @@ def write_granule(out_dir: str | Path, tile: str, when: dt.datetime, size: int =
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"HLS.{product}.T{tile}.{when:%Y%j}T{when:%H%M%S}.v2.0"
     profile = dict(driver="GTiff", width=size, height=size, count=1, crs=f"EPSG:{epsg}",
-                   transform=from_origin(x0, y0, 30.0, 30.0), tiled=True, blockxsize=block, blockysize=block,
-                   compress=compress)
+                   transform=from_origin(x0, y0, pixel_size, pixel_size), tiled=True, blockxsize=block,
+                   blockysize=block, compress=compress)
     paths = []
     for band, arr in zip(model_band_files(product), refl):
         paths.append(_write(out_dir / f"{prefix}.{band}.tif", arr, dict(profile, dtype="int16", nodata=HLS_NODATA)))

@@ -9,7 +9,7 @@ import importlib
 
 _HOME = {"frames_from_inputs": "predict", "imputation_predictor": "predict", "predict_checkpoint": "predict",
          "scene_quicklook": "predict", "segmentation_predictor": "predict", "AxisTiling": "scene",
-         "OutputSpec": "scene", "SceneResult": "scene", "predict_scene": "scene", "ramp_weights": "scene"}
+         "OutputSpec": "scene", "map_region": "region", "MapResult": "region", "SceneResult": "scene", "predict_scene": "scene", "ramp_weights": "scene"}
 __all__ = sorted(_HOME)
 
 

@@ -121,7 +121,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        quicklook: bool | str | os.PathLike = False,
                        stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
                        progress: Callable[[int, int], None] | None = None, overwrite: bool = True,
-                       fmask_kind: str = "hls") -> SceneResult:
+                       fmask_kind: str = "hls", loaded: tuple | None = None) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
     ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
@@ -138,6 +138,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     13-band Sen1Floods11 stack; 1-6 for geofm exports). A multi-frame model whose frames are
     consecutive bands of one stacked file (the v1 crop model's 18-band chips) takes that one file.
     ``fmask_kind``: "hls" (Fmask bits) or "cfmask" (Landsat CFmask classes) for the inputs' cloud layer.
+    ``loaded``: the ``(model, info)`` that :func:`~geofm.models.segmentation.load_finetuned` returned for
+    ``checkpoint``, when the caller keeps the model across scenes (``geofm map``'s workers).
     """
     from geofm.data.ingest import date_from_name
     from geofm.models.finetuned import load_finetuned
@@ -145,7 +147,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     check_device(device)
     check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
-    model, info = load_finetuned(checkpoint)
+    model, info = load_finetuned(checkpoint) if loaded is None else loaded
     per_frame = info.stacked_bands if stacked_bands is None else None
     if stacked_bands is None:
         stacked_bands = per_frame[0] if per_frame else (1, 2, 3, 4, 5, 6)
