@@ -271,7 +271,7 @@ def _checkpoint_key(checkpoint: str) -> tuple:
 
 def cached_model(checkpoint: str, device: str = "cpu"):
     """(model, info, loaded_now): the fine-tuned model, loaded once per process and device."""
-    from geofm.models.segmentation import load_finetuned
+    from geofm.models.finetuned import load_finetuned
 
     key = (_checkpoint_key(checkpoint), device)
     if key in _MODELS:
