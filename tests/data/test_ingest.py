@@ -261,7 +261,7 @@ def test_decode_threads_follow_the_cores_a_task_has(hls_series, tmp_path):
     assert ingest.decode_threads_per_task(1, 3) == 1
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        assert ingest.run._cluster_decode_threads(client) == max(1, ingest.run._cpus() // 2)
+        assert ingest.run._cluster_decode_threads(client) == max(1, ingest.run.usable_cpus() // 2)
     d, _ = hls_series
     cfg = ingest.IngestConfig(chip_size=32, max_cloud=1.0)
     plan, _ = ingest.plan_ingest(ingest.discover_frames(ingest.expand_inputs([str(d)]), cfg)[0], cfg)

@@ -316,7 +316,7 @@ def run_tile(job: dict) -> dict:
     """Predict one tile (a Dask task): the job's frames -> its output COG. Errors come back as a record."""
     import contextlib
 
-    from geofm.data.ingest import _frame_from_json
+    from geofm.data.ingest import frame_from_json
     from geofm.infer.predict import predict_checkpoint
     from geofm.runtime import tune_cpu_allocator
 
@@ -328,7 +328,7 @@ def run_tile(job: dict) -> dict:
         with gdal.applied() if gdal is not None else contextlib.nullcontext():
             device = worker_device(job["device"])
             model, info, out["model_loaded"] = cached_model(job["checkpoint"], device)
-            frames = [_frame_from_json(f) for f in job["frames"]]
+            frames = [frame_from_json(f) for f in job["frames"]]
             predict_checkpoint(job["checkpoint"], frames, job["path"], tile=job["tile_px"], overlap=job["overlap"],
                                batch_size=job["batch_size"], probabilities=job["probabilities"], device=device,
                                block=job["block"], loaded=(model, info))
@@ -542,10 +542,10 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
 
 
 def _job(tp: TilePlan, checkpoint: str, path: Path, opts: dict) -> dict:
-    from geofm.data.ingest import _frame_to_json
+    from geofm.data.ingest import frame_to_json
 
     return {"tile": tp.name, "checkpoint": checkpoint, "path": str(path),
-            "frames": [_frame_to_json(f) for f in tp.frames], **opts}
+            "frames": [frame_to_json(f) for f in tp.frames], **opts}
 
 
 def _execute(plans: list[TilePlan], checkpoint: str, out_dir: Path, crs: str, opts: dict, settings: dict,
@@ -652,9 +652,9 @@ def _gpu_or_cpu_count(device: str) -> int:
         import torch
 
         return max(1, torch.cuda.device_count())
-    from geofm.data.ingest import _cpus
+    from geofm.data.ingest import usable_cpus
 
-    return _cpus()
+    return usable_cpus()
 
 
 def _mosaic_and_catalog(result: MapResult, plans: list[TilePlan], checkpoint: str, info, resolution: float,

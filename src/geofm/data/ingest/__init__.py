@@ -27,13 +27,17 @@ from geofm.data.ingest.plan import (
     date_from_name,
     discover_frames,
     expand_inputs,
+    frame_from_json,
+    frame_to_json,
     grid_key,
     plan_ingest,
     summarize_skipped,
 )
-from geofm.data.ingest.run import IngestResult, consolidate, decode_threads_per_task, export_geotiffs, ingest
+from geofm.data.ingest.run import (IngestResult, consolidate, decode_threads_per_task, export_geotiffs, ingest,
+                                    usable_cpus)
 from geofm.data.ingest.task import run_task
 
 __all__ = ["STORE_VERSION", "IngestConfig", "IngestResult", "check_config", "check_output", "check_scheduler",
            "consolidate", "date_from_name", "decode_threads_per_task", "discover_frames", "expand_inputs",
-           "export_geotiffs", "grid_key", "ingest", "plan_ingest", "run_task", "summarize_skipped"]
+           "export_geotiffs", "frame_from_json", "frame_to_json", "grid_key", "ingest", "plan_ingest", "run_task",
+           "summarize_skipped", "usable_cpus"]

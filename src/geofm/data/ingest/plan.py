@@ -218,7 +218,7 @@ def plan_ingest(frames: Sequence[hls.Frame], cfg: IngestConfig) -> tuple[dict, l
                 skipped.append((f"{tile} series {k}", f"scene {grid.width}x{grid.height} smaller than a chip"))
                 continue
             per_task = cfg.rows_per_task or _aligned_rows(group[0], cfg.chip_size)
-            series.append({"tile": tile, "frames": [_frame_to_json(f) for f in group], "crs": grid.crs,
+            series.append({"tile": tile, "frames": [frame_to_json(f) for f in group], "crs": grid.crs,
                            "transform": list(grid.transform), "width": grid.width, "height": grid.height,
                            "rows": rows, "cols": cols, "rows_per_task": per_task})
     if not series:
@@ -255,13 +255,13 @@ def _aligned_rows(frame: hls.Frame, chip: int, max_rows: int = 8) -> int:
     return rows if rows <= max_rows else 1
 
 
-def _frame_to_json(f: hls.Frame) -> dict:
+def frame_to_json(f: hls.Frame) -> dict:
     return {"sources": [list(s) for s in f.sources], "fmask": list(f.fmask) if f.fmask else None,
             "datetime": f.datetime.isoformat() if f.datetime else None, "tile": f.tile, "product": f.product,
             "granule_id": f.granule_id, "nodata": f.nodata}
 
 
-def _frame_from_json(d: dict) -> hls.Frame:
+def frame_from_json(d: dict) -> hls.Frame:
     return hls.Frame(sources=[(p, int(b)) for p, b in d["sources"]],
                      fmask=(d["fmask"][0], int(d["fmask"][1])) if d["fmask"] else None,
                      datetime=dt.datetime.fromisoformat(d["datetime"]) if d["datetime"] else None,

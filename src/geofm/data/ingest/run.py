@@ -114,7 +114,7 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
     if scheduler == "sync":
         for i in todo:
             with _gdal_applied(gdal_options):
-                results.append(run_task(loc.url, loc.storage_options, plan, i, decode_threads_per_task(_cpus(), 1)))
+                results.append(run_task(loc.url, loc.storage_options, plan, i, decode_threads_per_task(usable_cpus(), 1)))
             if progress:
                 progress(n_done + len(results), total)
         return results
@@ -168,7 +168,7 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
 _ERRORS = {"ConfigError": ConfigError, "DataError": DataError}
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
     """CPUs this process may run on."""
     import os
 
@@ -191,7 +191,7 @@ def _cluster_decode_threads(client) -> int:
     """
     try:
         info = client.scheduler_info()["workers"]
-        cpus = client.run(_cpus)
+        cpus = client.run(usable_cpus)
     except Exception as e:  # noqa: BLE001 - a worker that cannot answer must not stop the ingest
         log.debug("cannot ask the Dask workers for their CPUs (%s): one decode thread per task", e)
         return 1

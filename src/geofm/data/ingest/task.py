@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from geofm.data import hls, store
-from geofm.data.ingest.plan import _frame_from_json
+from geofm.data.ingest.plan import frame_from_json
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run_task(store_url: str, storage_options: dict | None, plan: dict, task_id: 
     s = plan["series"][task["series"]]
     size, cols = cfg["chip_size"], s["cols"]
     row0, nrows = task["row0"], task["nrows"]
-    frames = [_frame_from_json(f) for f in s["frames"]]
+    frames = [frame_from_json(f) for f in s["frames"]]
     window = Window(0, row0 * size, cols * size, nrows * size)
     landcover = _landcover_strip(cfg["landcover"], s, window) if cfg["landcover"] else None
     rows_meta: dict[str, list] = {k: [] for k in _schema().names}
