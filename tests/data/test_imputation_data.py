@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from geofm.bands import MODEL_BANDS
 from geofm.data.datasets.imputation import CloudMaskBank, FixedGaps, ImputationDataModule, RandomGaps, mask_bank
@@ -88,7 +89,10 @@ def test_fixed_protocol_is_deterministic_and_counts_every_item(landsat):
 
 
 def test_module_on_the_real_instageo_stack(shared_data):
-    series = load_series([str(shared_data / "instageo" / "chip_178_022.tif")], stack_frames=3)
+    chip = str(shared_data / "instageo" / "chip_178_022.tif")
+    with pytest.raises(DataError, match=r"no acquisition date for '.*chip_178_022.tif'.*--equal-spacing"):
+        load_series([chip], stack_frames=3)  # the chip has no dates: refused unless equal spacing is allowed
+    series = load_series([chip], stack_frames=3, equal_spacing=True)
     dm = ImputationDataModule(series=series, fmask=[str(shared_data / "instageo" / "fmask.tif")], frames=3,
                               crop_size=32, samples_per_epoch=4, min_hidden=0.0)
     assert len(dm.train_set) == 4 and len(dm.test_set) == 1
@@ -96,6 +100,7 @@ def test_module_on_the_real_instageo_stack(shared_data):
     assert s["image"].shape == (len(MODEL_BANDS), 3, 32, 32)
     assert not s["valid"][0].any() and s["valid"][1:].all()  # frame 1 of the chip is all -9999
     assert 0.2 < s["gap"][1].float().mean() < 0.3  # the real Fmask window closest to 25 % cloud
+    assert torch.isnan(s["temporal_coords"]).all()  # undated: equally spaced
     with pytest.raises(DataError, match="expected 18 bands .* got 1 in"):
         load_series([str(shared_data / "instageo" / "fmask.tif")], stack_frames=3)
 
@@ -132,7 +137,7 @@ def test_series_dates_must_share_crs_and_transform(tmp_path):
         paths.append(str(p))
     with pytest.raises(DataError, match="d1.tif' is not on the grid of"):
         Series.of("s", [stacked_frame(p) for p in paths])
-    assert Series.of("s", [stacked_frame(paths[0])] * 2).height == 8
+    assert Series.of("s", [stacked_frame(paths[0])] * 2, equal_spacing=True).height == 8
 
 
 def test_store_series_sizes_from_the_array_not_the_chips(tiny_store, monkeypatch):
@@ -152,3 +157,5 @@ def test_store_series_sizes_from_the_array_not_the_chips(tiny_store, monkeypatch
     np.testing.assert_array_equal(raw[:, :, 4:, :], chip[:2, :, :12, 8:24])
     assert (raw[:, :, :4] == -9999).all() and nodata[:, :4].all() and not cloud.any()
     assert reads == [[s.slot]]
+    meta = store.read_metadata(str(path))  # the dates of the chip store's metadata
+    np.testing.assert_array_equal(s.temporal_coords([0, 2]), np.stack([meta["year"][1], meta["doy"][1]], 1)[[0, 2]])

@@ -6,7 +6,7 @@
 The protocol (:func:`geofm.data.datasets.imputation.fixed_protocol`) hides, on listed dates of
 each window of T consecutive dates, the pixels of listed real cloud masks; every hidden pixel
 with data that is clear in the series is scored. The model and the two baselines (``nearest``
-clear date, temporal ``linear`` interpolation) fill the same pixels from the same inputs (gaps,
+clear date in days, temporal ``linear`` interpolation by acquisition day) fill the same pixels from the same inputs (gaps,
 the series' own clouds and nodata hidden); MAE, RMSE, PSNR and SSIM are computed on the filled
 image in reflectance (0..1), overall and per band, with the pixel count. ``geofm finetune
 --stage test`` runs the same protocol on ``data.test_series``.
@@ -47,6 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
     from torch.utils.data import DataLoader
 
     from geofm.data.datasets.imputation import FixedGaps
+    from geofm.models.imputer import day_numbers
     from geofm.models.segmentation import load_finetuned
     from geofm.tasks.metrics import ScoreSums
 
@@ -58,9 +59,10 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
     sums = ScoreSums(MODEL_BANDS)
     done = 0
     for batch in DataLoader(ds, batch_size=batch_size):
-        x, valid, gap = batch["image"], batch["valid"], batch["gap"]
+        x, valid, gap, coords = batch["image"], batch["valid"], batch["gap"], batch["temporal_coords"]
         unusable = gap | ~valid
-        sums.add_fills(model(x, unusable), x, unusable, gap & valid, lambda t: _reflectance(t, info.mean, info.std))
+        sums.add_fills(model(x, unusable, coords), x, unusable, gap & valid,
+                       lambda t: _reflectance(t, info.mean, info.std), day_numbers(coords, x.shape[0], x.shape[2]))
         done += len(x)
         if progress is not None:
             progress(done, len(ds))
@@ -118,8 +120,11 @@ def evaluate_predictions(prediction: str | Path, series, masks, *, frames: int =
 
     from geofm.tasks.metrics import ScoreSums
 
-    raw, unusable, gap, _ = first_sample(series, masks, frames, target_frames)
+    from geofm.models.imputer import day_numbers
+
+    raw, unusable, gap, t0 = first_sample(series, masks, frames, target_frames)
     T, C, H, W = raw.shape
+    days = day_numbers(torch.from_numpy(series.temporal_coords(range(t0, t0 + T)))[None], 1, T)
     with rasterio.open(prediction) as src:
         if (src.count, src.height, src.width) != (T * C, H, W):
             raise DataError(f"expected {T * C} bands of {W}x{H} px (time-major T x 6) in '{prediction}', "
@@ -127,7 +132,7 @@ def evaluate_predictions(prediction: str | Path, series, masks, *, frames: int =
         pred = src.read().reshape(T, C, H, W)
     to = lambda a: torch.from_numpy(a.astype(np.float32)).permute(1, 0, 2, 3)[None] / REFLECTANCE_SCALE  # noqa: E731
     sums = ScoreSums(MODEL_BANDS)
-    sums.add_fills(to(pred), to(raw), torch.from_numpy(unusable | gap)[None], torch.from_numpy(gap)[None])
+    sums.add_fills(to(pred), to(raw), torch.from_numpy(unusable | gap)[None], torch.from_numpy(gap)[None], days=days)
     return sums.result()
 
 

@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band (else sidecar X.Fmask.tif)")
     p.add_argument("--fmask-kind", choices=("hls", "cfmask"), default="hls", help="Fmask bits (HLS) or CFmask classes")
     p.add_argument("--stack-frames", type=int, default=1, help="T of each file when a file is a T x 6 stack")
+    p.add_argument("--equal-spacing", action="store_true",
+                   help="take series without acquisition dates as equally spaced in time (else refused)")
     p.add_argument("--frames", type=int, default=3, help="dates per sample (--predictions / --write-cloudy)")
     p.add_argument("--target-frames", help="comma-separated dates of each window that get the masks (default: middle)")
     p.add_argument("--stride", type=int, help="dates between windows (default: T)")
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     series = []
     for entry in args.series:
         series += load_series([",".join(entry)], stacked_bands=bands, stacked_fmask_band=args.stacked_fmask_band,
-                              fmask_kind=args.fmask_kind, stack_frames=args.stack_frames)
+                              fmask_kind=args.fmask_kind, stack_frames=args.stack_frames,
+                              equal_spacing=args.equal_spacing)
     masks = mask_bank(args.masks, series if args.own_masks else ())
     targets = [int(v) for v in args.target_frames.split(",")] if args.target_frames else None
     if args.write_cloudy:
