@@ -43,7 +43,7 @@ class CorrectionChoice:
     def tags(self) -> dict[str, str]:
         """GeoTIFF tags of the decision (see docs/finetuning.md, "Auto-correction")."""
         out = {"geofm_correction": self.mode,
-               "geofm_correction_bands": ",".join(b for b, u in zip(self.bands, self.use_model) if u),
+               "geofm_correction_bands": ",".join(b for b, u in zip(self.bands, self.use_model) if u) or "none",
                "geofm_correction_pixels": str(self.pixels)}
         if self.mae_model:
             out["geofm_correction_mae_model"] = ",".join(f"{b}={v:.5f}" for b, v in zip(self.bands, self.mae_model))
