@@ -1,15 +1,19 @@
 """Auto-correction: an imputation model's correction is written only in the bands where it beats the baseline.
 
 >>> choice = choose_correction(imputer, series, mode="auto", mean=m, std=s, bands=MODEL_BANDS, tile=32)  # doctest: +SKIP
->>> choice.use_model  # one bool per band: the model's fill, else temporal linear interpolation  # doctest: +SKIP
+>>> choice.use_model  # (T, C) bools: the model's fill, else temporal linear interpolation  # doctest: +SKIP
 
 Before a series is filled, ``mode="auto"`` estimates on the series itself whether the learned
 correction helps: the real cloud masks of its partly cloudy dates (1–95 % cloud) hide clear
 pixels of its *other* dates (the fixed-mask protocol of ``geofm evaluate-imputation``, every
 date a target, every own mask, tiles of ``tile`` px; at most ``max_samples`` samples, evenly
 spaced); the model and the baseline (temporal linear interpolation by acquisition day) fill
-them from the same inputs, and each band keeps the model only where its mean absolute error is
-strictly lower. A series without a usable mask gives no evidence: the baseline is written.
+them from the same inputs, and each date and band keeps the model only where it wins with confidence
+(the error of a gap on an end date, filled from one side, is not that of a gap between two clear
+dates, so the evidence is not pooled across dates): the
+mean per-pixel gain (the baseline's absolute error minus the model's) exceeds :data:`CONFIDENCE`
+standard errors. Few scored pixels or a small, noisy gain keep the baseline; a series without a
+usable mask gives no evidence: the baseline is written.
 ``"always"`` keeps the model in every band, ``"never"`` writes the baseline; neither scores.
 """
 
@@ -27,38 +31,122 @@ from geofm.bands import REFLECTANCE_SCALE
 log = logging.getLogger(__name__)
 
 CORRECTION_MODES = ("auto", "always", "never")
+#: a band keeps the model when its mean per-pixel gain over the baseline exceeds this many standard errors
+CONFIDENCE = 2.0
 
 
 @dataclass
 class CorrectionChoice:
-    """Per band: write the model's fill (``use_model``) or the baseline; the scores behind it (reflectance 0..1)."""
+    """Per date and band: write the model's fill (``use_model[t][c]``) or the baseline; the scores behind it
+    (MAE in reflectance 0..1, NaN where a date had no scored pixel) and the scored pixels per date."""
 
     mode: str
     bands: list[str]
-    use_model: list[bool]
-    mae_model: list[float] = field(default_factory=list)
-    mae_baseline: list[float] = field(default_factory=list)
-    pixels: int = 0
+    dates: list[str]
+    use_model: list[list[bool]]
+    mae_model: list[list[float]] = field(default_factory=list)
+    mae_baseline: list[list[float]] = field(default_factory=list)
+    pixels: list[int] = field(default_factory=list)
+
+    @classmethod
+    def fixed(cls, mode: str, bands: Sequence[str], dates: Sequence[str], use: bool) -> CorrectionChoice:
+        return cls(mode, list(bands), list(dates), [[use] * len(bands) for _ in dates])
+
+    def kept(self, t: int) -> str:
+        return ",".join(b for b, u in zip(self.bands, self.use_model[t]) if u) or "none"
 
     def tags(self) -> dict[str, str]:
         """GeoTIFF tags of the decision (see docs/finetuning.md, "Auto-correction")."""
         out = {"geofm_correction": self.mode,
-               "geofm_correction_bands": ",".join(b for b, u in zip(self.bands, self.use_model) if u) or "none",
-               "geofm_correction_pixels": str(self.pixels)}
-        if self.mae_model:
-            out["geofm_correction_mae_model"] = ",".join(f"{b}={v:.5f}" for b, v in zip(self.bands, self.mae_model))
-            out["geofm_correction_mae_baseline"] = ",".join(f"{b}={v:.5f}"
-                                                            for b, v in zip(self.bands, self.mae_baseline))
+               "geofm_correction_bands": "; ".join(f"{d}: {self.kept(t)}" for t, d in enumerate(self.dates))}
+        if self.pixels:
+            out["geofm_correction_pixels"] = "; ".join(f"{d}: {n}" for d, n in zip(self.dates, self.pixels))
+            for key, mae in (("model", self.mae_model), ("baseline", self.mae_baseline)):
+                out[f"geofm_correction_mae_{key}"] = "; ".join(
+                    f"{d}: " + ",".join(f"{b}={v:.5f}" for b, v in zip(self.bands, mae[t]))
+                    for t, d in enumerate(self.dates) if self.pixels[t])
         return out
 
     def summary(self) -> str:
-        kept = [b for b, u in zip(self.bands, self.use_model) if u]
-        what = "model in " + ", ".join(kept) if kept else "baseline (temporal linear) in every band"
-        if not self.mae_model:
-            return f"correction {self.mode}: {what}" + (" (no own cloud mask to score on)"
+        what = "; ".join(f"{d}: model in {self.kept(t)}" for t, d in enumerate(self.dates))
+        if not self.pixels:
+            return f"correction {self.mode}: {what}" + (" (no own cloud mask to score on: baseline)"
                                                          if self.mode == "auto" else "")
-        scores = ", ".join(f"{b} {m:.4f}/{s:.4f}" for b, m, s in zip(self.bands, self.mae_model, self.mae_baseline))
-        return f"correction {self.mode}: {what}; MAE model/baseline on {self.pixels} px: {scores}"
+        scores = "; ".join(f"{d} ({self.pixels[t]} px): " + ", ".join(
+            f"{b} {m:.4f}/{s:.4f}" for b, m, s in zip(self.bands, self.mae_model[t], self.mae_baseline[t]))
+            for t, d in enumerate(self.dates) if self.pixels[t])
+        return f"correction {self.mode}: {what}; MAE model/baseline: {scores}"
+
+
+class CorrectionScores:
+    """Per date and band sums of the absolute errors of the model and of the baseline on hidden clear pixels."""
+
+    def __init__(self, model: torch.nn.Module, std: Sequence[float], frames: int, device: str | torch.device = "cpu"):
+        self.model, self.device = model, torch.device(device)
+        self.scale = torch.tensor(std, dtype=torch.float64, device=self.device).view(1, -1, 1, 1, 1) / REFLECTANCE_SCALE
+        self.err = {k: torch.zeros(len(std), frames, dtype=torch.float64, device=self.device)
+                    for k in ("model", "baseline", "gain2")}  # (C, T); gain2: sum of the squared per-pixel gains
+        self.pixels = torch.zeros(frames, dtype=torch.float64, device=self.device)
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, unusable: torch.Tensor, gap: torch.Tensor, coords: torch.Tensor | None,
+            location_coords: torch.Tensor | None = None) -> None:
+        """x (B, C, T, h, w) normalized; ``unusable`` (B, T, h, w) the pixels to fill (``gap`` among them);
+        ``gap`` the clear pixels hidden on purpose, scored; ``coords`` (B, T, 2) (year, day of year)."""
+        from geofm.models.imputer import day_numbers, fill_hidden
+
+        x, unusable, gap = x.to(self.device), unusable.to(self.device), gap.to(self.device)
+        score = gap.unsqueeze(1)
+        if not score.any():
+            return
+        coords = None if coords is None else coords.to(self.device)
+        lc = None if location_coords is None else location_coords.to(self.device).expand(len(x), -1)
+        fills = {"model": self.model(x, unusable, coords, lc),
+                 "baseline": fill_hidden(x, unusable, True, day_numbers(coords, x.shape[0], x.shape[2], self.device))}
+        abs_err = {k: (f.double() - x.double()).abs() * self.scale * score for k, f in fills.items()}
+        for k, e in abs_err.items():
+            self.err[k] += e.sum((0, 3, 4))
+        self.err["gain2"] += ((abs_err["baseline"] - abs_err["model"]) ** 2).sum((0, 3, 4))
+        self.pixels += score.double().sum((0, 1, 3, 4))
+
+    def choice(self, mode: str, bands: Sequence[str], dates: Sequence[str]) -> CorrectionChoice:
+        """Each date and band keeps the model where it wins with confidence: the mean per-pixel gain (the
+        baseline's absolute error minus the model's) exceeds :data:`CONFIDENCE` standard errors."""
+        n = self.pixels.cpu().numpy()
+        if n.sum() == 0:
+            return CorrectionChoice.fixed(mode, bands, dates, False)
+        mae = {k: (v.cpu().numpy() / np.maximum(n, 1)).T for k, v in self.err.items()}  # (T, C)
+        gain = mae["baseline"] - mae["model"]
+        var = np.maximum(mae["gain2"] - gain ** 2, 0.0) * (n / np.maximum(n - 1, 1))[:, None]
+        keep = (n[:, None] >= 2) & (gain > CONFIDENCE * np.sqrt(var / np.maximum(n, 1)[:, None]))
+        nan = np.where(n[:, None] > 0, 0.0, np.nan)
+        return CorrectionChoice(mode, list(bands), list(dates), keep.tolist(), (mae["model"] + nan).tolist(),
+                                (mae["baseline"] + nan).tolist(), [int(v) for v in n])
+
+
+def own_mask_gaps(unusable: torch.Tensor, cloud: torch.Tensor, min_cover: float = 0.01, max_cover: float = 0.95
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples that hide clear pixels of each date with the cloud mask of each other partly cloudy date.
+
+    ``unusable`` (T, h, w) bool (clouds and nodata), ``cloud`` (T, h, w) bool (the clouds only).
+    Returns (unusable, gap), each (N, T, h, w), one per (mask date, target date) pair with a gap pixel.
+    """
+    T = unusable.shape[0]
+    seen = (cloud | ~unusable).flatten(1).sum(1).clamp_min(1)
+    cover = cloud.flatten(1).sum(1) / seen
+    hides, gaps = [], []
+    for s in range(T):
+        if not (min_cover <= float(cover[s]) <= max_cover):
+            continue
+        for t in range(T):
+            g = torch.zeros_like(unusable)
+            g[t] = cloud[s] & ~unusable[t]
+            if t != s and g.any():
+                hides.append(unusable | g)
+                gaps.append(g)
+    if not gaps:
+        return unusable.new_zeros((0, *unusable.shape)), unusable.new_zeros((0, *unusable.shape))
+    return torch.stack(hides), torch.stack(gaps)
 
 
 @torch.no_grad()
@@ -72,54 +160,63 @@ def choose_correction(model: torch.nn.Module, series, *, mode: str = "auto", mea
 
     from geofm.data.datasets.imputation import CloudMaskBank, FixedGaps, own_cloud_masks
     from geofm.errors import ConfigError
-    from geofm.models.imputer import day_numbers, fill_hidden
 
     if mode not in CORRECTION_MODES:
         raise ConfigError(f"--correction must be one of {', '.join(CORRECTION_MODES)}, got {mode!r}")
-    bands = list(bands)
+    dates = [f.date_str or f"t{t}" for t, f in enumerate(series.frames)]
     if mode != "auto":
-        return CorrectionChoice(mode, bands, [mode == "always"] * len(bands))
+        return CorrectionChoice.fixed(mode, bands, dates, mode == "always")
     masks = CloudMaskBank()
     for name, m in own_cloud_masks(series):
         masks.add(m, name)
-    if len(masks) == 0:
-        choice = CorrectionChoice(mode, bands, [False] * len(bands))
-        log.info("%s", choice.summary())
-        return choice
-    ds = FixedGaps([series], masks, frames=len(series), size=tile, mean=mean, std=std,
-                   target_frames=range(len(series)), max_items=max_samples)
-    device = torch.device(device)
-    scale = torch.tensor(std, dtype=torch.float64, device=device).view(1, -1, 1, 1, 1) / REFLECTANCE_SCALE
-    err = {"model": torch.zeros(len(bands), dtype=torch.float64, device=device)}
-    err["baseline"] = err["model"].clone()
-    n = 0
-    for batch in DataLoader(ds, batch_size=batch_size):
-        x, valid, gap = batch["image"].to(device), batch["valid"].to(device), batch["gap"].to(device)
-        coords = batch["temporal_coords"].to(device)
-        score = (gap & valid).unsqueeze(1)  # (B, 1, T, h, w)
-        if not score.any():
-            continue
-        unusable = gap | ~valid
-        lc = None if location_coords is None else location_coords.to(device).expand(len(x), -1)
-        fills = {"model": model(x, unusable, coords, lc),
-                 "baseline": fill_hidden(x, unusable, True, day_numbers(coords, x.shape[0], x.shape[2], device))}
-        for k, f in fills.items():
-            err[k] += ((f.double() - x.double()).abs() * scale * score).sum((0, 2, 3, 4))
-        n += int(score.sum())
-    if n == 0:
-        choice = CorrectionChoice(mode, bands, [False] * len(bands))
-    else:
-        mae = {k: (v / n).cpu().numpy() for k, v in err.items()}
-        choice = CorrectionChoice(mode, bands, [bool(a < b) for a, b in zip(mae["model"], mae["baseline"])],
-                                  [float(v) for v in mae["model"]], [float(v) for v in mae["baseline"]], n)
+    scores = CorrectionScores(model, std, len(series), device)
+    if len(masks):
+        ds = FixedGaps([series], masks, frames=len(series), size=tile, mean=mean, std=std,
+                       target_frames=range(len(series)), max_items=max_samples)
+        for batch in DataLoader(ds, batch_size=batch_size):
+            valid, gap = batch["valid"], batch["gap"]
+            scores.add(batch["image"], gap | ~valid, gap & valid, batch["temporal_coords"], location_coords)
+    choice = scores.choice(mode, bands, dates)
     log.info("%s", choice.summary())
     return choice
 
 
-def blend_correction(model_fill: torch.Tensor, baseline_fill: torch.Tensor, use_model: Sequence[bool]) -> torch.Tensor:
-    """(B, C, T, h, w): the model's fill in the bands of ``use_model``, the baseline's in the others."""
-    keep = torch.as_tensor(np.asarray(use_model, bool), device=model_fill.device).view(1, -1, 1, 1, 1)
+@torch.no_grad()
+def corrected_fill(model: torch.nn.Module, x: torch.Tensor, unusable: torch.Tensor, cloud: torch.Tensor,
+                   coords: torch.Tensor | None, std: Sequence[float], location_coords: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, list[CorrectionChoice]]:
+    """What ``--correction auto`` writes for each sample of a batch, decided on the sample alone.
+
+    x (B, C, T, h, w) normalized; ``unusable`` (B, T, h, w) the pixels to fill; ``cloud`` (B, T, h, w)
+    the pixels flagged as cloud in the input (whose shapes, on the other dates, give the test gaps);
+    ``coords`` (B, T, 2). Returns the filled (B, C, T, h, w) and each sample's choice.
+    """
+    from geofm.models.imputer import day_numbers, fill_hidden
+
+    lc = None if location_coords is None else location_coords.expand(len(x), -1)
+    model_fill = model(x, unusable, coords, lc)
+    base_fill = fill_hidden(x, unusable, True, day_numbers(coords, x.shape[0], x.shape[2], x.device))
+    out, choices = torch.empty_like(x), []
+    for i in range(len(x)):
+        scores = CorrectionScores(model, std, x.shape[2], x.device)
+        hides, gaps = own_mask_gaps(unusable[i], cloud[i])
+        n = len(gaps)
+        xi = x[i:i + 1].expand(n, -1, -1, -1, -1)
+        ci = None if coords is None else coords[i:i + 1].expand(n, -1, -1)
+        if n:
+            scores.add(xi, hides, gaps, ci, location_coords)
+        choice = scores.choice("auto", [str(c) for c in range(x.shape[1])], [str(t) for t in range(x.shape[2])])
+        out[i] = blend_correction(model_fill[i:i + 1], base_fill[i:i + 1], choice.use_model)[0]
+        choices.append(choice)
+    return out, choices
+
+
+def blend_correction(model_fill: torch.Tensor, baseline_fill: torch.Tensor, use_model: Sequence[Sequence[bool]]
+                     ) -> torch.Tensor:
+    """(B, C, T, h, w): the model's fill in the (date, band) pairs of ``use_model`` (T, C), the baseline's elsewhere."""
+    keep = torch.as_tensor(np.asarray(use_model, bool).T.copy(), device=model_fill.device)[None, :, :, None, None]
     return torch.where(keep, model_fill, baseline_fill)
 
 
-__all__ = ["CORRECTION_MODES", "CorrectionChoice", "blend_correction", "choose_correction"]
+__all__ = ["CONFIDENCE", "CORRECTION_MODES", "CorrectionChoice", "CorrectionScores", "blend_correction", "choose_correction",
+           "corrected_fill", "own_mask_gaps"]

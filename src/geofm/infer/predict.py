@@ -77,15 +77,15 @@ def as_imputer(model: torch.nn.Module) -> torch.nn.Module:
 def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
                          temporal_coords: torch.Tensor | None = None,
                          location_coords: torch.Tensor | None = None,
-                         use_model: Sequence[bool] | None = None) -> Callable:
+                         use_model: Sequence[Sequence[bool]] | None = None) -> Callable:
     """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
 
     ``model`` is an :class:`~geofm.models.imputer.Imputer` (see :func:`as_imputer`). Hidden pixels
     (cloud, shadow, nodata) take the model's value, the others keep theirs. ``temporal_coords``
     (1, T, 2) = (year, day of year) of the frames: time in days (NaN: equally spaced).
-    ``use_model`` (one bool per band, see :mod:`geofm.infer.correction`; None: every band) picks
-    the bands filled by the model; the others get temporal linear interpolation by acquisition
-    day. Tiles where every pixel of every frame is hidden get NaN (nothing to impute from: the
+    ``use_model`` ((T, C) bools, see :mod:`geofm.infer.correction`; None: everywhere) picks the
+    dates and bands filled by the model; the others get temporal linear interpolation by
+    acquisition day. Tiles where every pixel of every frame is hidden get NaN (nothing to impute from: the
     output stays nodata there).
     """
     from geofm.infer.correction import blend_correction
@@ -93,7 +93,7 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
 
     device = torch.device(device)
     model = as_imputer(model).to(device).eval()
-    use = None if use_model is None or all(use_model) else list(use_model)
+    use = None if use_model is None or np.asarray(use_model, bool).all() else np.asarray(use_model, bool)
 
     @torch.no_grad()
     def predict(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -103,11 +103,11 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
         lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
         hid = hidden & ~empty[:, None, None, None]
-        if use is None or any(use):
+        if use is None or use.any():
             rec = model(x, hid, tc, lc).float()  # (B, C, T, h, w)
         if use is not None:
             base = fill_hidden(x, hid, True, day_numbers(tc, b, t, device)).float()
-            rec = base if not any(use) else blend_correction(rec, base, use)
+            rec = base if not use.any() else blend_correction(rec, base, use)
         rec[empty] = float("nan")
         return rec.transpose(1, 2).reshape(b, t * c, h, w)
 

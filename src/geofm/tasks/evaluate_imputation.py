@@ -42,15 +42,24 @@ def _reflectance(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -
 @torch.no_grad()
 def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, target_frames: Sequence[int] | None = None,
                         stride: int | None = None, tile: int | None = None, batch_size: int = 8,
-                        progress=None) -> dict[str, float]:
-    """Scores of a fine-tuned imputation export and of the baselines on the fixed protocol (see the module doc)."""
+                        progress=None, correction: str = "always") -> dict[str, float]:
+    """Scores of a fine-tuned imputation export and of the baselines on the fixed protocol (see the module doc).
+
+    ``correction="always"``: the model's fill; ``"auto"``: what ``geofm predict --correction auto``
+    writes, decided for each sample on its cloudy input alone (the gap and the series' own clouds
+    flagged as cloud; see :func:`geofm.infer.correction.corrected_fill`); ``"never"``: the baseline.
+    """
     from torch.utils.data import DataLoader
 
     from geofm.data.datasets.imputation import FixedGaps
-    from geofm.models.imputer import day_numbers
+    from geofm.models.imputer import day_numbers, fill_hidden
     from geofm.models.segmentation import load_finetuned
     from geofm.tasks.metrics import ScoreSums
 
+    from geofm.infer.correction import CORRECTION_MODES, corrected_fill
+
+    if correction not in CORRECTION_MODES:
+        raise DataError(f"--correction must be one of {', '.join(CORRECTION_MODES)}, got {correction!r}")
     model, info = load_finetuned(checkpoint)
     if info.task != "imputation":
         raise DataError(f"'{checkpoint}' is a {info.task} model, not an imputation one")
@@ -61,8 +70,14 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
     for batch in DataLoader(ds, batch_size=batch_size):
         x, valid, gap, coords = batch["image"], batch["valid"], batch["gap"], batch["temporal_coords"]
         unusable = gap | ~valid
-        sums.add_fills(model(x, unusable, coords), x, unusable, gap & valid,
-                       lambda t: _reflectance(t, info.mean, info.std), day_numbers(coords, x.shape[0], x.shape[2]))
+        days = day_numbers(coords, x.shape[0], x.shape[2])
+        if correction == "auto":
+            filled, _ = corrected_fill(model, x, unusable, batch["cloud"] | (gap & valid), coords, info.std)
+        elif correction == "never":
+            filled = fill_hidden(x, unusable, True, days)
+        else:
+            filled = model(x, unusable, coords)
+        sums.add_fills(filled, x, unusable, gap & valid, lambda t: _reflectance(t, info.mean, info.std), days)
         done += len(x)
         if progress is not None:
             progress(done, len(ds))

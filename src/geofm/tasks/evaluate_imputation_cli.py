@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-frames", help="comma-separated dates of each window that get the masks (default: middle)")
     p.add_argument("--stride", type=int, help="dates between windows (default: T)")
     p.add_argument("--tile", type=int, help="tile size in px (default: the model's training size)")
+    p.add_argument("--correction", choices=("always", "auto", "never"), default="always",
+                   help="--checkpoint: score the model's fill (always), what geofm predict --correction auto "
+                        "writes, decided per sample on its cloudy input (auto), or the baseline (never)")
     p.add_argument("--out", help="write the scores as JSON here")
 
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
         scores = evaluate_checkpoint(args.checkpoint, series, masks, target_frames=targets, stride=args.stride,
-                                     tile=args.tile, progress=progress)
+                                     tile=args.tile, progress=progress, correction=args.correction)
         bar.close()
     print(format_table(scores))
     if args.out:

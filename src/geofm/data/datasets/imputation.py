@@ -329,7 +329,8 @@ def fixed_protocol(series: Sequence, masks: CloudMaskBank, *, frames: int, size:
 
 
 class FixedGaps(_SeriesSamples):
-    """Evaluation samples of :func:`fixed_protocol` (deterministic: same gaps for every method and run)."""
+    """Evaluation samples of :func:`fixed_protocol` (deterministic: same gaps for every method and run);
+    they also hold ``cloud`` (T, H, W) bool, the series' own clouds over data."""
 
     def __init__(self, series: Sequence, masks: CloudMaskBank, *, frames: int, size: int, mean: Sequence[float],
                  std: Sequence[float], target_frames: Sequence[int] | None = None, stride: int | None = None,
@@ -355,14 +356,17 @@ class FixedGaps(_SeriesSamples):
         si, t0, f, k, row, col = self.items[index]
         s = self.series[si]
         dates = range(t0, t0 + self.frames)
-        raw, unusable = self._read(s, dates, row, col)
+        raw, nodata, cloud = s.read_at(dates, row, col, self.size, self.size, self._datasets)
+        unusable = nodata | cloud
         key = (si, k)
         if key not in self._placed:
             self._placed[key] = np.pad(self.masks.placed(k, s.height, s.width),
                                        ((0, -s.height % self.size), (0, -s.width % self.size)))
         gap = np.zeros_like(unusable)
         gap[f] = self._placed[key][row:row + self.size, col:col + self.size]
-        return self._sample(raw, unusable, gap, index, s.temporal_coords(dates))
+        sample = self._sample(raw, unusable, gap, index, s.temporal_coords(dates))
+        sample["cloud"] = torch.from_numpy(cloud & ~nodata)  # the series' own clouds over data
+        return sample
 
 
 # --------------------------------------------------------------------------- data module
