@@ -5,7 +5,8 @@
 
 Before a series is filled, ``mode="auto"`` estimates on the series itself whether the learned
 correction helps: the real cloud masks of its partly cloudy dates (1–95 % cloud) hide clear
-pixels of its *other* dates (the fixed-mask protocol of ``geofm evaluate-imputation``, every
+pixels of its other dates, and the same masks rotated by 180° those of every date, its own too
+(the fixed-mask protocol of ``geofm evaluate-imputation``, every
 date a target, every own mask, tiles of ``tile`` px; at most ``max_samples`` samples, evenly
 spaced); the model and the baseline (temporal linear interpolation by acquisition day) fill
 them from the same inputs, and each date and band keeps the model only where it wins with confidence
@@ -126,7 +127,8 @@ class CorrectionScores:
 
 def own_mask_gaps(unusable: torch.Tensor, cloud: torch.Tensor, min_cover: float = 0.01, max_cover: float = 0.95
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples that hide clear pixels of each date with the cloud mask of each other partly cloudy date.
+    """Samples that hide clear pixels of each date with the cloud mask of each partly cloudy date, as it is
+    (on the other dates) and rotated by 180° (also on its own date: evidence for every date).
 
     ``unusable`` (T, h, w) bool (clouds and nodata), ``cloud`` (T, h, w) bool (the clouds only).
     Returns (unusable, gap), each (N, T, h, w), one per (mask date, target date) pair with a gap pixel.
@@ -138,12 +140,13 @@ def own_mask_gaps(unusable: torch.Tensor, cloud: torch.Tensor, min_cover: float 
     for s in range(T):
         if not (min_cover <= float(cover[s]) <= max_cover):
             continue
-        for t in range(T):
-            g = torch.zeros_like(unusable)
-            g[t] = cloud[s] & ~unusable[t]
-            if t != s and g.any():
-                hides.append(unusable | g)
-                gaps.append(g)
+        for mask in (cloud[s], cloud[s].flip(0, 1)):
+            for t in range(T):
+                g = torch.zeros_like(unusable)
+                g[t] = mask & ~unusable[t]
+                if g.any():
+                    hides.append(unusable | g)
+                    gaps.append(g)
     if not gaps:
         return unusable.new_zeros((0, *unusable.shape)), unusable.new_zeros((0, *unusable.shape))
     return torch.stack(hides), torch.stack(gaps)
@@ -169,6 +172,7 @@ def choose_correction(model: torch.nn.Module, series, *, mode: str = "auto", mea
     masks = CloudMaskBank()
     for name, m in own_cloud_masks(series):
         masks.add(m, name)
+        masks.add(np.rot90(m, 2), f"{name}, rotated 180")
     scores = CorrectionScores(model, std, len(series), device)
     if len(masks):
         ds = FixedGaps([series], masks, frames=len(series), size=tile, mean=mean, std=std,
