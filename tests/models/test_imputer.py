@@ -115,3 +115,22 @@ def test_imputer_export_round_trip(tmp_path):
     hidden = torch.rand(1, 3, 32, 32) > 0.7
     with torch.no_grad():
         torch.testing.assert_close(model(x, hidden), imputer(x, hidden))
+
+
+def test_tl_encoders_embed_the_dates_in_imputation():
+    """A TL encoder gets (year, day of year) as temporal coordinates: two series with the same spacing in other
+    seasons are filled differently; undated (NaN) samples give it none."""
+    torch.manual_seed(0)
+    imputer = Imputer(tiny(coords_encoding=("time",)), residual="linear").eval()
+    torch.nn.init.normal_(imputer.mae.decoder.decoder_pred.weight, std=0.05)  # a non-zero correction
+    x = torch.randn(1, 6, 3, 32, 32)
+    hidden = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    hidden[0, 1, 8:24, 8:24] = True
+    summer = torch.tensor([[[2015, 192], [2015, 242], [2015, 252]]], dtype=torch.float32)
+    winter = torch.tensor([[[2015, 2], [2015, 52], [2015, 62]]], dtype=torch.float32)  # same days apart
+    undated = torch.full((1, 3, 2), float("nan"))
+    with torch.no_grad():
+        a, b = imputer(x, hidden, summer), imputer(x, hidden, winter)
+        c, d = imputer(x, hidden, undated), imputer(x, hidden)
+    assert not torch.allclose(a, b)  # the season reaches the encoder
+    torch.testing.assert_close(c, d)  # no dates: no temporal embedding, equal spacing
