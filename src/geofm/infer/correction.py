@@ -152,6 +152,26 @@ def own_mask_gaps(unusable: torch.Tensor, cloud: torch.Tensor, min_cover: float 
     return torch.stack(hides), torch.stack(gaps)
 
 
+def fmask_cloud_masks(series, min_cover: float = 0.01, max_cover: float = 0.95) -> list[tuple[str, np.ndarray]]:
+    """(name, (H, W) bool) cloud masks of the series' partly cloudy dates (cover in [min, max] of the
+    pixels that are not Fmask fill), read from the Fmask layers alone (not the bands of the scene)."""
+    from geofm.data.hls import FMASK_FILL, cfmask_to_hls_fmask, cloud_mask, open_raster
+
+    out = []
+    for f in series.frames:
+        if f.fmask is None:
+            continue
+        with open_raster(f.fmask[0]) as src:
+            fmask = src.read(f.fmask[1])
+        if series.fmask_kind == "cfmask":
+            fmask = cfmask_to_hls_fmask(fmask.astype(np.int16))
+        seen = fmask != FMASK_FILL
+        cloud = cloud_mask(fmask, series.cloud_bits) & seen
+        if min_cover <= cloud.sum() / max(1, seen.sum()) <= max_cover:
+            out.append((f"{f.granule_id} (own)", cloud))
+    return out
+
+
 @torch.no_grad()
 def choose_correction(model: torch.nn.Module, series, *, mode: str = "auto", mean: Sequence[float],
                       std: Sequence[float], bands: Sequence[str], tile: int, location_coords: torch.Tensor | None = None,
@@ -161,7 +181,7 @@ def choose_correction(model: torch.nn.Module, series, *, mode: str = "auto", mea
     (a :class:`~geofm.data.series.Series` of the model's T dates) under ``mode`` (see the module doc)."""
     from torch.utils.data import DataLoader
 
-    from geofm.data.datasets.imputation import CloudMaskBank, FixedGaps, own_cloud_masks
+    from geofm.data.datasets.imputation import CloudMaskBank, FixedGaps
     from geofm.errors import ConfigError
 
     if mode not in CORRECTION_MODES:
@@ -170,7 +190,7 @@ def choose_correction(model: torch.nn.Module, series, *, mode: str = "auto", mea
     if mode != "auto":
         return CorrectionChoice.fixed(mode, bands, dates, mode == "always")
     masks = CloudMaskBank()
-    for name, m in own_cloud_masks(series):
+    for name, m in fmask_cloud_masks(series):
         masks.add(m, name)
         masks.add(np.rot90(m, 2), f"{name}, rotated 180")
     scores = CorrectionScores(model, std, len(series), device)
@@ -223,4 +243,4 @@ def blend_correction(model_fill: torch.Tensor, baseline_fill: torch.Tensor, use_
 
 
 __all__ = ["CONFIDENCE", "CORRECTION_MODES", "CorrectionChoice", "CorrectionScores", "blend_correction", "choose_correction",
-           "corrected_fill", "own_mask_gaps"]
+           "corrected_fill", "fmask_cloud_masks", "own_mask_gaps"]
