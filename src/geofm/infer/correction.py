@@ -1,4 +1,4 @@
-"""Auto-correction: an imputation model's correction is written only in the bands where it beats the baseline.
+"""Auto-correction: an imputation model's correction is written only where it beats the baseline.
 
 >>> choice = choose_correction(imputer, series, mode="auto", mean=m, std=s, bands=MODEL_BANDS, tile=32)  # doctest: +SKIP
 >>> choice.use_model  # (T, C) bools: the model's fill, else temporal linear interpolation  # doctest: +SKIP
@@ -6,15 +6,14 @@
 Before a series is filled, ``mode="auto"`` estimates on the series itself whether the learned
 correction helps: the real cloud masks of its partly cloudy dates (1–95 % cloud) hide clear
 pixels of its other dates, and the same masks rotated by 180° those of every date, its own too
-(the fixed-mask protocol of ``geofm evaluate-imputation``, every
-date a target, every own mask, tiles of ``tile`` px; at most ``max_samples`` samples, evenly
-spaced); the model and the baseline (temporal linear interpolation by acquisition day) fill
-them from the same inputs, and each date and band keeps the model only where it wins with confidence
-(the error of a gap on an end date, filled from one side, is not that of a gap between two clear
-dates, so the evidence is not pooled across dates): the
-mean per-pixel gain (the baseline's absolute error minus the model's) exceeds :data:`CONFIDENCE`
-standard errors. Few scored pixels or a small, noisy gain keep the baseline; a series without a
-usable mask gives no evidence: the baseline is written.
+(the fixed-mask protocol of ``geofm evaluate-imputation``, every date a target, every own
+mask, tiles of ``tile`` px; at most ``max_samples`` samples, evenly spaced); the model and the
+baseline (temporal linear interpolation by acquisition day) fill them from the same inputs,
+and each date and band keeps the model only where it wins with confidence: the mean per-pixel
+gain (the baseline's absolute error minus the model's) exceeds :data:`CONFIDENCE` standard
+errors. Dates are not pooled: the error of a gap on an end date, filled from one side, is not
+that of a gap between two clear dates. Few scored pixels or a small, noisy gain keep the
+baseline; a series without a usable mask gives no evidence: the baseline is written.
 ``"always"`` keeps the model in every band, ``"never"`` writes the baseline; neither scores.
 """
 
@@ -174,7 +173,8 @@ def fmask_cloud_masks(series, min_cover: float = 0.01, max_cover: float = 0.95) 
 
 @torch.no_grad()
 def choose_correction(model: torch.nn.Module, series, *, mode: str = "auto", mean: Sequence[float],
-                      std: Sequence[float], bands: Sequence[str], tile: int, location_coords: torch.Tensor | None = None,
+                      std: Sequence[float], bands: Sequence[str], tile: int,
+                      location_coords: torch.Tensor | None = None,
                       device: str | torch.device = "cpu", max_samples: int = 64, batch_size: int = 8
                       ) -> CorrectionChoice:
     """The :class:`CorrectionChoice` of ``model`` (an :class:`~geofm.models.imputer.Imputer`) on ``series``
@@ -242,5 +242,6 @@ def blend_correction(model_fill: torch.Tensor, baseline_fill: torch.Tensor, use_
     return torch.where(keep, model_fill, baseline_fill)
 
 
-__all__ = ["CONFIDENCE", "CORRECTION_MODES", "CorrectionChoice", "CorrectionScores", "blend_correction", "choose_correction",
+__all__ = ["CONFIDENCE", "CORRECTION_MODES", "CorrectionChoice", "CorrectionScores", "blend_correction",
+           "choose_correction",
            "corrected_fill", "fmask_cloud_masks", "own_mask_gaps"]

@@ -85,8 +85,8 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     (1, T, 2) = (year, day of year) of the frames: time in days (NaN: equally spaced).
     ``use_model`` ((T, C) bools, see :mod:`geofm.infer.correction`; None: everywhere) picks the
     dates and bands filled by the model; the others get temporal linear interpolation by
-    acquisition day. Tiles where every pixel of every frame is hidden get NaN (nothing to impute from: the
-    output stays nodata there).
+    acquisition day. Tiles where every pixel of every frame is hidden get NaN (nothing to
+    impute from: the output stays nodata there).
     """
     from geofm.infer.correction import blend_correction
     from geofm.models.imputer import day_numbers, fill_hidden
@@ -161,7 +161,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
 
     Imputation counts time in days between the inputs' dates (refused without dates unless
     ``equal_spacing``) and ``correction`` ("auto", "always", "never"; see
-    :mod:`geofm.infer.correction`) decides per band whether the model's correction or the
+    :mod:`geofm.infer.correction`) decides per date and band whether the model's correction or the
     baseline is written; the decision and its scores go into the output's ``geofm_correction*``
     tags and the log.
     """

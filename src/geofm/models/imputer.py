@@ -239,4 +239,5 @@ class Imputer(nn.Module):
         return torch.where(hid, self.mae.unpatchify(pred, x.shape).to(x.dtype), x)
 
 
-__all__ = ["FRAME_DAYS", "Imputer", "RESIDUAL_MODES", "dated_coords", "day_numbers", "fill_hidden", "hidden_patches", "local_residual", "temporal_baseline"]
+__all__ = ["FRAME_DAYS", "Imputer", "RESIDUAL_MODES", "dated_coords", "day_numbers", "fill_hidden", "hidden_patches",
+           "local_residual", "temporal_baseline"]

@@ -6,9 +6,10 @@
 The protocol (:func:`geofm.data.datasets.imputation.fixed_protocol`) hides, on listed dates of
 each window of T consecutive dates, the pixels of listed real cloud masks; every hidden pixel
 with data that is clear in the series is scored. The model and the two baselines (``nearest``
-clear date in days, temporal ``linear`` interpolation by acquisition day) fill the same pixels from the same inputs (gaps,
-the series' own clouds and nodata hidden); MAE, RMSE, PSNR and SSIM are computed on the filled
-image in reflectance (0..1), overall and per band, with the pixel count. ``geofm finetune
+clear date in days, temporal ``linear`` interpolation by acquisition day) fill the same pixels
+from the same inputs (gaps, the series' own clouds and nodata hidden); MAE, RMSE, PSNR and SSIM
+are computed on the filled image in reflectance (0..1), overall and per band, with the pixel
+count. ``geofm finetune
 --stage test`` runs the same protocol on ``data.test_series``.
 
 Predictions made elsewhere (``geofm predict`` or any gap filler) are scored the same way:
