@@ -174,6 +174,11 @@ CASES = [
          ["new"]),
     Case("map-workers-0", [*MAP[:4], "--out", "{new}", "--workers", "0"], ["--workers", "0"], ["new"]),
     Case("map-resolution-0", [*MAP, "--out", "{new}", "--resolution", "0"], ["--resolution", "0"], ["new"]),
+    # ------------------------------------------------------------------ imputation
+    Case("evaluate-imputation-series-without-dates", ["evaluate-imputation", "--write-cloudy", "{new}", "--series",
+                                                      "{undated}/scene_a.tif", "{undated}/scene_b.tif", "--masks",
+                                                      "{undated}/scene_a.Fmask.tif"],
+         ["scene_a.tif", "no acquisition date", "--equal-spacing"], ["new"]),
     # ------------------------------------------------------------------ pretrain
     Case("pretrain-empty-index", [*PRETRAIN, "data.index={empty_index}"], ["data.index", "empty.parquet", "0 training"],
          ["new"]),
@@ -273,6 +278,19 @@ def build_workspace(root: Path) -> dict[str, Path]:
     profile["crs"] = "EPSG:32611"
     with rasterio.open(victim, "w", **profile) as dst:
         dst.write(arr)
+    # a series of 6-band GeoTIFFs with sidecar Fmask and no date anywhere
+    from rasterio.transform import from_origin
+
+    w["undated"] = root / "undated"
+    w["undated"].mkdir()
+    prof = dict(driver="GTiff", width=8, height=8, count=6, dtype="int16", crs="EPSG:32610",
+                transform=from_origin(500000.0, 4200000.0, 30, 30), nodata=-9999)
+    for name in ("scene_a", "scene_b"):
+        with rasterio.open(w["undated"] / f"{name}.tif", "w", **prof) as dst:
+            dst.write(np.full((6, 8, 8), 1000, np.int16))
+        with rasterio.open(w["undated"] / f"{name}.Fmask.tif", "w", **dict(prof, count=1, dtype="uint8",
+                                                                            nodata=255)) as dst:
+            dst.write(np.zeros((1, 8, 8), np.uint8))
     # 8-band Landsat stacks bundled with the repository (real, 5x5 px)
     w["stacks"] = sample_dir() / "landsat_p035r032" / "images"
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from geofm.bands import MODEL_BANDS
 from geofm.data.datasets.imputation import CloudMaskBank, FixedGaps, ImputationDataModule, RandomGaps, mask_bank
@@ -88,7 +89,10 @@ def test_fixed_protocol_is_deterministic_and_counts_every_item(landsat):
 
 
 def test_module_on_the_real_instageo_stack(shared_data):
-    series = load_series([str(shared_data / "instageo" / "chip_178_022.tif")], stack_frames=3)
+    chip = str(shared_data / "instageo" / "chip_178_022.tif")
+    with pytest.raises(DataError, match=r"no acquisition date for '.*chip_178_022.tif'.*--equal-spacing"):
+        load_series([chip], stack_frames=3)  # the chip has no dates: refused unless equal spacing is allowed
+    series = load_series([chip], stack_frames=3, equal_spacing=True)
     dm = ImputationDataModule(series=series, fmask=[str(shared_data / "instageo" / "fmask.tif")], frames=3,
                               crop_size=32, samples_per_epoch=4, min_hidden=0.0)
     assert len(dm.train_set) == 4 and len(dm.test_set) == 1
@@ -96,6 +100,7 @@ def test_module_on_the_real_instageo_stack(shared_data):
     assert s["image"].shape == (len(MODEL_BANDS), 3, 32, 32)
     assert not s["valid"][0].any() and s["valid"][1:].all()  # frame 1 of the chip is all -9999
     assert 0.2 < s["gap"][1].float().mean() < 0.3  # the real Fmask window closest to 25 % cloud
+    assert torch.isnan(s["temporal_coords"]).all()  # undated: equally spaced
     with pytest.raises(DataError, match="expected 18 bands .* got 1 in"):
         load_series([str(shared_data / "instageo" / "fmask.tif")], stack_frames=3)
 
@@ -132,7 +137,7 @@ def test_series_dates_must_share_crs_and_transform(tmp_path):
         paths.append(str(p))
     with pytest.raises(DataError, match="d1.tif' is not on the grid of"):
         Series.of("s", [stacked_frame(p) for p in paths])
-    assert Series.of("s", [stacked_frame(paths[0])] * 2).height == 8
+    assert Series.of("s", [stacked_frame(paths[0])] * 2, equal_spacing=True).height == 8
 
 
 def test_store_series_sizes_from_the_array_not_the_chips(tiny_store, monkeypatch):
@@ -152,3 +157,48 @@ def test_store_series_sizes_from_the_array_not_the_chips(tiny_store, monkeypatch
     np.testing.assert_array_equal(raw[:, :, 4:, :], chip[:2, :, :12, 8:24])
     assert (raw[:, :, :4] == -9999).all() and nodata[:, :4].all() and not cloud.any()
     assert reads == [[s.slot]]
+    meta = store.read_metadata(str(path))  # the dates of the chip store's metadata
+    np.testing.assert_array_equal(s.temporal_coords([0, 2]), np.stack([meta["year"][1], meta["doy"][1]], 1)[[0, 2]])
+
+
+def test_dates_from_tags_and_irregular_training_windows(landsat, tmp_path):
+    """Dates come from a GeoTIFF tag when the name has none (a T x 6 stack: its DATES tag); training windows
+    take T of T + k consecutive dates, so they see the series' real spacings and longer ones."""
+    import datetime as dt
+
+    import torch
+
+    from geofm.data.series import frames_of_stack
+
+    folder = tmp_path / "tagged"
+    folder.mkdir()
+    for i, p in enumerate(landsat[4:10]):
+        with rasterio.open(p) as src:
+            prof, data, when = src.profile, src.read(), p.rsplit("/", 1)[-1][9:16]
+        day = dt.datetime.strptime(when, "%Y%j")
+        with rasterio.open(folder / f"scene{i}.tif", "w", **prof) as dst:
+            dst.write(data)
+            dst.update_tags(ACQUISITION_DATE=day.strftime("%Y-%m-%dT10:00:00Z"))
+    tagged = load_series([str(folder)], stacked_fmask_band=8, fmask_kind="cfmask")[0]
+    named = load_series([",".join(landsat[4:10])], stacked_fmask_band=8, fmask_kind="cfmask")[0]
+    assert [f.date_str for f in tagged.frames] == [f.date_str for f in named.frames]
+    stack = tmp_path / "stack.tif"
+    with rasterio.open(stack, "w", driver="GTiff", width=4, height=4, count=12, dtype="int16") as dst:
+        dst.write(np.ones((12, 4, 4), np.int16))
+        dst.update_tags(DATES="2015-07-11,2015-08-30")
+    assert [f.date_str for f in frames_of_stack(str(stack), 2)] == ["2015-07-11", "2015-08-30"]
+    with rasterio.open(stack, "r+") as dst:
+        dst.update_tags(DATES="2015-07-11")
+    with pytest.raises(DataError, match="expected 2 comma-separated dates .* DATES tag"):
+        frames_of_stack(str(stack), 2)
+    ds = RandomGaps([named], mask_bank([], [named]), frames=3, size=8, mean=MEAN, std=STD, samples_per_epoch=40,
+                    skip_dates=2)
+    torch.manual_seed(0)
+    spans = set()
+    for i in range(40):
+        tc = ds[i]["temporal_coords"]
+        assert torch.isfinite(tc).all() and (tc[1:, 1] > tc[:-1, 1]).all()  # dated, in order
+        spans.add(int(tc[-1, 1] - tc[0, 1]))
+    days = [f.datetime for f in named.frames]
+    consecutive = {(days[i + 2] - days[i]).days for i in range(len(days) - 2)}
+    assert min(spans) == min(consecutive) and max(spans) > max(consecutive)  # windows of 3 dates, and longer

@@ -5,7 +5,7 @@ import torch
 
 from geofm.bands import MODEL_BANDS
 from geofm.models import create_model, load_finetuned, save_finetuned
-from geofm.models.imputer import Imputer, hidden_patches, temporal_baseline
+from geofm.models.imputer import Imputer, day_numbers, hidden_patches, temporal_baseline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,10 +21,39 @@ def test_temporal_baseline_interpolates_between_nearest_clear_dates():
     # frame 1, 2: between clear frames 0 and 3; frame 4: only frame 3 before (nearest at the end);
     # frame 0 and 3 (clear): the leave-this-frame-out value from the other clear frames
     assert base.flatten().tolist() == pytest.approx([30.0, 10.0, 20.0, 0.0, 30.0])
-    assert dist[0, 0, :, 0, 0].tolist() == [6, 1, 2, 3, 1]  # frames since the last clear one (T+1: none)
-    assert dist[0, 1, :, 0, 0].tolist() == [3, 2, 1, 6, 6]
+    inf = float("inf")  # undated frames count FRAME_DAYS (16) apart; inf: no clear date on that side
+    assert dist[0, 0, :, 0, 0].tolist() == [inf, 16, 32, 48, 16]  # days since the last clear one
+    assert dist[0, 1, :, 0, 0].tolist() == [48, 32, 16, inf, inf]
     nearest, _ = temporal_baseline(x, hidden, linear=False)
     assert nearest.flatten().tolist() == [30.0, 0.0, 30.0, 0.0, 30.0]
+
+
+def test_baseline_weights_come_from_days_not_from_the_frame_index():
+    """2015-07-11, 2015-08-30, 2015-09-09: the middle date is 50 days after the first and 10 before the last."""
+    coords = torch.tensor([[[2015, 192], [2015, 242], [2015, 252]]], dtype=torch.float32)  # (year, day of year)
+    days = day_numbers(coords, 1, 3)
+    assert days.tolist() == [[0.0, 50.0, 60.0]]
+    x = torch.tensor([0.0, 99.0, 60.0]).view(1, 1, 3, 1, 1)
+    hidden = torch.tensor([False, True, False]).view(1, 3, 1, 1)
+    base, dist = temporal_baseline(x, hidden, days=days)
+    assert float(base[0, 0, 1]) == pytest.approx(60.0 * 5 / 6)  # w = 50 / 60 = 5/6, not 1/2
+    assert dist[0, :, 1, 0, 0].tolist() == [50.0, 10.0]
+    nearest, _ = temporal_baseline(x, hidden, linear=False, days=days)
+    assert float(nearest[0, 0, 1]) == 60.0  # 10 days away beats 50
+    # across a year end and a leap day: 2023-12-31 -> 2024-03-01 is 61 days
+    assert day_numbers(torch.tensor([[[2023, 365], [2024, 61]]]), 1, 2).tolist() == [[0.0, 61.0]]
+    # a sample with a NaN date is equally spaced, the dated one of the same batch is not
+    mixed = torch.tensor([[[2015, 192], [2015, 242], [2015, 252]], [[float("nan")] * 2] * 3])
+    assert day_numbers(mixed, 2, 3).tolist() == [[0.0, 50.0, 60.0], [0.0, 16.0, 32.0]]
+    # the imputer (untrained: the baseline) interpolates by day as well
+    imputer = Imputer(tiny(), residual="linear").eval()
+    xi = torch.zeros(1, 6, 3, 32, 32)
+    xi[:, :, 2] = 1.0
+    hid = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    hid[0, 1] = True
+    with torch.no_grad():
+        out = imputer(xi, hid, coords)
+    torch.testing.assert_close(out[:, :, 1], torch.full((1, 6, 32, 32), 5 / 6))
 
 
 def test_untrained_residual_imputer_equals_the_linear_baseline_and_keeps_clear_pixels():
@@ -86,3 +115,22 @@ def test_imputer_export_round_trip(tmp_path):
     hidden = torch.rand(1, 3, 32, 32) > 0.7
     with torch.no_grad():
         torch.testing.assert_close(model(x, hidden), imputer(x, hidden))
+
+
+def test_tl_encoders_embed_the_dates_in_imputation():
+    """A TL encoder gets (year, day of year) as temporal coordinates: two series with the same spacing in other
+    seasons are filled differently; undated (NaN) samples give it none."""
+    torch.manual_seed(0)
+    imputer = Imputer(tiny(coords_encoding=("time",)), residual="linear").eval()
+    torch.nn.init.normal_(imputer.mae.decoder.decoder_pred.weight, std=0.05)  # a non-zero correction
+    x = torch.randn(1, 6, 3, 32, 32)
+    hidden = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    hidden[0, 1, 8:24, 8:24] = True
+    summer = torch.tensor([[[2015, 192], [2015, 242], [2015, 252]]], dtype=torch.float32)
+    winter = torch.tensor([[[2015, 2], [2015, 52], [2015, 62]]], dtype=torch.float32)  # same days apart
+    undated = torch.full((1, 3, 2), float("nan"))
+    with torch.no_grad():
+        a, b = imputer(x, hidden, summer), imputer(x, hidden, winter)
+        c, d = imputer(x, hidden, undated), imputer(x, hidden)
+    assert not torch.allclose(a, b)  # the season reaches the encoder
+    torch.testing.assert_close(c, d)  # no dates: no temporal embedding, equal spacing

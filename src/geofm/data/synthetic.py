@@ -171,13 +171,14 @@ def write_landcover(path: str | Path, tile: str = "10SEG", size: int = 3660, see
 def write_series_from_image(image: str | Path, out_dir: str | Path, *, bands: Sequence[int] = (2, 3, 4, 5, 6, 7),
                             rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
                             dates: int = 6, start: str = "2020-04-01", step_days: int = 16,
-                            seed: int = 0) -> list[Path]:
+                            seed: int = 0, days: Sequence[int] | None = None) -> list[Path]:
     """A time series with known truth made from one real image: one 6-band GeoTIFF per date (int16
     reflectance ×10000, the image's CRS and grid) with a clear sidecar ``.Fmask.tif`` (all 0).
 
-    Date k multiplies each pixel by a phenology curve (vegetated pixels, by their NIR/Red ratio,
-    green up: NIR up, Red/SWIR down, following a sine over the dates, so that linear interpolation
-    in time is close but not exact), a smooth spatial gain field per date and band (haze,
+    The dates are ``days`` after ``start`` (default: ``dates`` dates ``step_days`` apart; irregular
+    lists make S30 + L30-like series). Each date multiplies each pixel by a phenology curve
+    (vegetated pixels, by their NIR/Red ratio, green up: NIR up, Red/SWIR down, following a sine
+    over the days, so that linear interpolation in time is close but not exact), a smooth spatial gain field per date and band (haze,
     illumination), and adds small per-pixel noise. ``rows`` / ``cols`` = (first, stop) keep a part
     of the image (e.g. one half for training, the other held out).
     """
@@ -198,13 +199,14 @@ def write_series_from_image(image: str | Path, out_dir: str | Path, *, bands: Se
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     first = dt.datetime.strptime(start, "%Y-%m-%d")
+    days = [step_days * k for k in range(dates)] if days is None else sorted(int(v) for v in days)
     paths = []
-    for k in range(dates):
-        phase = np.sin(np.pi * k / max(dates - 1, 1))  # 0 -> 1 (peak) -> 0
+    for k, day in enumerate(days):
+        phase = np.sin(np.pi * (day - days[0]) / max(days[-1] - days[0], 1))  # 0 -> 1 (peak) -> 0
         gain = 1 + response * veg[None] * phase
         haze = 1 + 0.15 * (np.stack([_smooth_field(rng, h, w, cells=4) for _ in range(6)]) - 0.5)
         frame = img * gain * haze + rng.normal(0, 15, img.shape)
-        when = first + dt.timedelta(days=step_days * k)
+        when = first + dt.timedelta(days=day)
         path = out / f"series_{when:%Y-%m-%d}.tif"
         _write(path, np.clip(np.rint(frame), 0, 10000).astype(np.int16), profile)
         _write(out / f"series_{when:%Y-%m-%d}.Fmask.tif", np.zeros((h, w), np.uint8),

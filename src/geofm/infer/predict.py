@@ -12,6 +12,7 @@ reflectance where Fmask flags cloud/shadow or the input is nodata.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -61,16 +62,8 @@ def segmentation_predictor(model: torch.nn.Module, device: str | torch.device = 
     return predict
 
 
-def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
-                         temporal_coords: torch.Tensor | None = None,
-                         location_coords: torch.Tensor | None = None) -> Callable:
-    """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
-
-    ``model`` is an :class:`~geofm.models.imputer.Imputer` (a bare PrithviMAE is wrapped as the
-    paper's pure reconstruction). Hidden pixels (cloud, shadow, nodata) take the model's value,
-    the others keep theirs. Tiles where every pixel of every frame is hidden get NaN (nothing to
-    impute from: the output stays nodata there).
-    """
+def as_imputer(model: torch.nn.Module) -> torch.nn.Module:
+    """An :class:`~geofm.models.imputer.Imputer` (a bare PrithviMAE is wrapped as the paper's pure reconstruction)."""
     from geofm.models.imputer import Imputer
     from geofm.models.mae import PrithviMAE
 
@@ -78,8 +71,29 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
         model = Imputer(model, residual="none")
     if not isinstance(model, Imputer):
         raise ConfigError(f"imputation needs an Imputer or a PrithviMAE, got {type(model).__name__}")
+    return model
+
+
+def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
+                         temporal_coords: torch.Tensor | None = None,
+                         location_coords: torch.Tensor | None = None,
+                         use_model: Sequence[Sequence[bool]] | None = None) -> Callable:
+    """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
+
+    ``model`` is an :class:`~geofm.models.imputer.Imputer` (see :func:`as_imputer`). Hidden pixels
+    (cloud, shadow, nodata) take the model's value, the others keep theirs. ``temporal_coords``
+    (1, T, 2) = (year, day of year) of the frames: time in days (NaN: equally spaced).
+    ``use_model`` ((T, C) bools, see :mod:`geofm.infer.correction`; None: everywhere) picks the
+    dates and bands filled by the model; the others get temporal linear interpolation by
+    acquisition day. Tiles where every pixel of every frame is hidden get NaN (nothing to
+    impute from: the output stays nodata there).
+    """
+    from geofm.infer.correction import blend_correction
+    from geofm.models.imputer import day_numbers, fill_hidden
+
     device = torch.device(device)
-    model = model.to(device).eval()
+    model = as_imputer(model).to(device).eval()
+    use = None if use_model is None or np.asarray(use_model, bool).all() else np.asarray(use_model, bool)
 
     @torch.no_grad()
     def predict(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -88,16 +102,21 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
         empty = hidden.flatten(1).all(1)
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
         lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
-        rec = model(x, hidden & ~empty[:, None, None, None], tc, lc).float()  # (B, C, T, h, w)
+        hid = hidden & ~empty[:, None, None, None]
+        if use is None or use.any():
+            rec = model(x, hid, tc, lc).float()  # (B, C, T, h, w)
+        if use is not None:
+            base = fill_hidden(x, hid, True, day_numbers(tc, b, t, device)).float()
+            rec = base if not use.any() else blend_correction(rec, base, use)
         rec[empty] = float("nan")
         return rec.transpose(1, 2).reshape(b, t * c, h, w)
 
     return predict
 
 
-def _run_id(files: Sequence[Path]) -> str:
-    """Fingerprint of the model files (size, mtime; the content of small config files)."""
-    h = hashlib.sha256()
+def _run_id(files: Sequence[Path], extra: str = "") -> str:
+    """Fingerprint of the model files (size, mtime; the content of small config files) and ``extra``."""
+    h = hashlib.sha256(extra.encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -121,7 +140,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        quicklook: bool | str | os.PathLike = False,
                        stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
                        progress: Callable[[int, int], None] | None = None, overwrite: bool = True,
-                       fmask_kind: str = "hls", loaded: tuple | None = None) -> SceneResult:
+                       fmask_kind: str = "hls", loaded: tuple | None = None, correction: str = "auto",
+                       equal_spacing: bool = False) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
     ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
@@ -138,12 +158,21 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     13-band Sen1Floods11 stack; 1-6 for geofm exports). A multi-frame model whose frames are
     consecutive bands of one stacked file (the v1 crop model's 18-band chips) takes that one file.
     ``fmask_kind``: "hls" (Fmask bits) or "cfmask" (Landsat CFmask classes) for the inputs' cloud layer.
-    ``loaded``: the ``(model, info)`` that :func:`~geofm.models.segmentation.load_finetuned` returned for
+    ``loaded``: the ``(model, info)`` that :func:`~geofm.models.finetuned.load_finetuned` returned for
     ``checkpoint``, when the caller keeps the model across scenes (``geofm map``'s workers).
+
+    Imputation counts time in days between the inputs' dates (refused without dates unless
+    ``equal_spacing``) and ``correction`` ("auto", "always", "never"; see
+    :mod:`geofm.infer.correction`) decides per date and band whether the model's correction or the
+    baseline is written; the decision and its scores go into the output's ``geofm_correction*``
+    tags and the log.
     """
     from geofm.data.ingest import date_from_name
+    from geofm.infer.correction import CORRECTION_MODES
     from geofm.models.finetuned import load_finetuned
 
+    if correction not in CORRECTION_MODES:
+        raise ConfigError(f"--correction must be one of {', '.join(CORRECTION_MODES)}, got {correction!r}")
     check_device(device)
     check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
@@ -173,6 +202,11 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                 "an imputation model fills cloudy pixels, but these inputs carry no cloud mask: " + ", ".join(missing)
                 + ". Give it with --stacked-fmask-band N (the Fmask band of each stacked GeoTIFF), a sidecar "
                 "X.Fmask.tif beside each X.tif, or HLS granules with their .Fmask.tif")
+        undated = next((f for f in frames if f.datetime is None), None)
+        if undated is not None and not equal_spacing:
+            from geofm.data.series import undated_error
+
+            raise undated_error("inputs", undated)
     if tile is None:  # the model's training size, with an overlap that fits it
         tile = int(info.img_size)
         overlap = min(overlap, tile // 4 // info.patch_size[1] * info.patch_size[1])
@@ -181,6 +215,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     files = _model_files(checkpoint, info)
     tags = {"geofm_checkpoint": str(checkpoint), "geofm_task": info.task, "geofm_model_layout": info.layout,
             "geofm_frames": ",".join(str(f.granule_id) for f in frames)}
+    run_extra = ""
     if info.task == "segmentation":
         spec = (OutputSpec.probabilities if probabilities else OutputSpec.classes)(info.num_classes, info.class_names)
         predictor = segmentation_predictor(model, device, temporal, location)
@@ -188,12 +223,24 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     else:
         if tile % info.patch_size[1]:
             raise ConfigError(f"imputation tiles must be a multiple of the patch size {info.patch_size[1]}, got {tile}")
+        from geofm.data.series import Series, temporal_coords
+        from geofm.infer.correction import choose_correction
+
         spec = OutputSpec.reflectance(len(frames), info.bands, info.mean, info.std)
-        predictor = imputation_predictor(model, device, temporal, location)
+        model = as_imputer(model).to(device).eval()
+        temporal = torch.from_numpy(temporal_coords([f.datetime for f in frames]))[None]  # (1, T, 2), NaN: undated
+        series = Series.of("inputs", frames, fmask_kind, equal_spacing=True)
+        choice = choose_correction(model, series, mode=correction, mean=info.mean, std=info.std, bands=info.bands,
+                                   tile=tile, location_coords=location, device=device, batch_size=batch_size)
+        tags.update(choice.tags())
+        tags["geofm_dates"] = ",".join(f.date_str or "undated" for f in frames)
+        run_extra = json.dumps(choice.tags(), sort_keys=True)
+        predictor = imputation_predictor(model, device, temporal, location, use_model=choice.use_model)
         pass_hidden = True
     result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
                            overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
-                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files), progress=progress,
+                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files, run_extra),
+                           progress=progress,
                            tags=tags, nodata_fill=info.nodata_fill, fmask_kind=fmask_kind)
     if quicklook:
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
@@ -280,5 +327,5 @@ def scene_quicklook(frames: Sequence[Frame], prediction: str | os.PathLike, png:
     return save_panels(png, panels, suptitle=Path(prediction).name, cmap="viridis")
 
 
-__all__ = ["frames_from_inputs", "imputation_predictor", "predict_checkpoint", "scene_quicklook",
+__all__ = ["as_imputer", "frames_from_inputs", "imputation_predictor", "predict_checkpoint", "scene_quicklook",
            "segmentation_predictor"]

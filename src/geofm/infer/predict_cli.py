@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fmask-kind", choices=("hls", "cfmask"), default="hls",
                    help="what the cloud layer holds: HLS Fmask bits (default) or Landsat CFmask classes (0 clear, "
                         "1 water, 2 shadow, 3 snow, 4 cloud, 255 fill)")
+    p.add_argument("--correction", choices=("auto", "always", "never"), default="auto",
+                   help="imputation: write the model's correction per band only where it beats temporal linear "
+                        "interpolation on the series' own cloud masks (auto), always, or never (the baseline)")
+    p.add_argument("--equal-spacing", action="store_true",
+                   help="imputation: take inputs without acquisition dates as equally spaced in time (else refused)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
                              quicklook=args.quicklook, stacked_fmask_band=args.stacked_fmask_band,
                              stacked_bands=None if args.stacked_bands is None else
                              int_list(args.stacked_bands, "--stacked-bands"),
-                             progress=progress, overwrite=args.overwrite, fmask_kind=args.fmask_kind)
+                             progress=progress, overwrite=args.overwrite, fmask_kind=args.fmask_kind,
+                             correction=args.correction, equal_spacing=args.equal_spacing)
     for bar in bars:
         bar.close()
     if res.resumed_from_row:

@@ -5,13 +5,14 @@ correction on top of a temporal baseline.
 >>> filled = imputer(x, hidden)  # x (B, C, T, H, W) normalized, hidden (B, T, H, W) bool  # doctest: +SKIP
 
 ``residual="linear"`` (the default of the imputation task). Each hidden pixel starts from its
-**temporal baseline**: linear interpolation (in frame index) between the nearest earlier and
+**temporal baseline**: linear interpolation by acquisition day between the nearest earlier and
 later frames where the same pixel is clear, or the nearest clear frame at the ends of the series
 (:func:`temporal_baseline`). The encoder sees every token: hidden pixels hold their baseline,
 and a context embedding adds, per patch, the baseline of *every* pixel (at clear pixels it is
 the leave-this-frame-out interpolation), how far the baseline misses around each pixel where
 the truth is known (:func:`local_residual`, the clear pixels of the same date, two window
-sizes), the gap mask and the distances (in frames) to the clear observations before and after.
+sizes), the gap mask and the distances (in days) to the clear observations before and after.
+Dates come as ``temporal_coords`` (B, T, 2) = (year, day of year), which TL encoders embed too.
 The correction of a hidden pixel is the MAE decoder's per-pixel prediction plus a learned
 per-band gain times each local residual; the decoder's last layer and the gains start at zero,
 so an untrained imputer returns exactly the baseline.
@@ -38,19 +39,52 @@ from geofm.models.vit import PatchEmbed3D
 RESIDUAL_MODES = ("linear", "none")
 
 
+# --------------------------------------------------------------------------- time in days
+#: frames without dates (equal spacing, allowed explicitly) count as this many days apart
+FRAME_DAYS = 16.0
+
+
+def day_numbers(temporal_coords: torch.Tensor | None, b: int, T: int, device=None) -> torch.Tensor:
+    """(B, T) float days since each sample's first frame from ``temporal_coords`` (B, T, 2) =
+    (year, day of year); samples with a NaN date (or ``temporal_coords=None``) count
+    :data:`FRAME_DAYS` per frame (equal spacing)."""
+    equal = torch.arange(T, dtype=torch.float64, device=device).expand(b, T) * FRAME_DAYS
+    if temporal_coords is None:
+        return equal.float()
+    tc = temporal_coords.to(device=device, dtype=torch.float64)
+    year, doy = tc[..., 0], tc[..., 1]
+    y = torch.nan_to_num(year, nan=1.0) - 1
+    ordinal = 365 * y + torch.div(y, 4, rounding_mode="floor") - torch.div(y, 100, rounding_mode="floor") \
+        + torch.div(y, 400, rounding_mode="floor") + torch.nan_to_num(doy, nan=0.0)  # proleptic Gregorian
+    dated = torch.isfinite(tc).all(-1).all(-1, keepdim=True)  # (B, 1)
+    return torch.where(dated, ordinal - ordinal[:, :1], equal).float()
+
+
+def dated_coords(temporal_coords: torch.Tensor | None) -> torch.Tensor | None:
+    """``temporal_coords`` for the encoder: None unless every sample has every date."""
+    if temporal_coords is None or not bool(torch.isfinite(temporal_coords).all()):
+        return None
+    return temporal_coords
+
+
 # --------------------------------------------------------------------------- temporal baselines
-def temporal_baseline(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True
+def temporal_baseline(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True, days: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel temporal baseline of every frame from the *other* frames' clear pixels.
+    """Per-pixel temporal baseline of every frame from the *other* frames' clear pixels, in days.
 
     x (B, C, T, H, W); hidden (B, T, H, W) bool (pixels that may not be used: gaps, clouds,
-    nodata). Returns ``base`` (B, C, T, H, W): for each frame t and pixel, linear interpolation
-    between the closest clear frames before and after t (``linear=False``: the nearest one, ties
-    to the earlier), the one clear frame on one side at the ends, or the per-band mean of the
-    sample's clear pixels where no other frame is clear; and ``dist`` (B, 2, T, H, W): frames to
-    the clear observation before / after (T + 1 where there is none).
+    nodata); ``days`` (B, T) acquisition days in date order (:func:`day_numbers`; None: equally
+    spaced). Returns ``base`` (B, C, T, H, W): for each frame t and pixel, linear interpolation
+    by acquisition day between the closest clear frames before and after t (a frame 50 days
+    after the one before and 10 before the next gets 5/6 of the way), or with ``linear=False``
+    the clear frame nearest in days (ties to the earlier); the one clear frame on one side at
+    the ends, or the per-band mean of the sample's clear pixels where no other frame is clear;
+    and ``dist`` (B, 2, T, H, W): days to the clear observation before / after (inf where none).
     """
     b, c, T, h, w = x.shape
+    if days is None:
+        days = day_numbers(None, b, T, x.device)
+    days = days.to(device=x.device, dtype=torch.float32)
     vis = ~hidden
     t_idx = torch.arange(T, device=x.device).view(1, T, 1, 1).expand_as(vis)
     big = T * 10
@@ -58,21 +92,28 @@ def temporal_baseline(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True
     fallback = ((x * vis_f).sum((2, 3, 4)) / vis_f.sum((2, 3, 4)).clamp_min(1))[:, :, None, None]  # (B, C, 1, 1)
     base = torch.empty_like(x)
     dist = torch.empty(b, 2, T, h, w, dtype=x.dtype, device=x.device)
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+
+    def day_at(idx: torch.Tensor) -> torch.Tensor:  # (B, H, W) frame indices -> their days
+        return days.gather(1, idx.clamp(0, T - 1).reshape(b, -1)).reshape(b, h, w)
+
     for t in range(T):
         before = torch.where(vis & (t_idx < t), t_idx, torch.full_like(t_idx, -big)).amax(1)  # (B, H, W)
         after = torch.where(vis & (t_idx > t), t_idx, torch.full_like(t_idx, big)).amin(1)
         has_b, has_a = before >= 0, after < T
         xb = torch.gather(x, 2, before.clamp(0, T - 1)[:, None, None].expand(b, c, 1, h, w)).squeeze(2)
         xa = torch.gather(x, 2, after.clamp(0, T - 1)[:, None, None].expand(b, c, 1, h, w)).squeeze(2)
+        d_t = days[:, t].view(b, 1, 1)
+        since, until = d_t - day_at(before), day_at(after) - d_t  # (B, H, W) days
         if linear:
-            wgt = ((t - before) / (after - before).clamp_min(1)).to(x.dtype)[:, None]
+            wgt = (since / (since + until).clamp_min(1e-6)).to(x.dtype)[:, None]
             both = xb + (xa - xb) * wgt
         else:
-            both = torch.where(((t - before) <= (after - t))[:, None], xb, xa)
+            both = torch.where((since <= until)[:, None], xb, xa)
         base[:, :, t] = torch.where((has_b & has_a)[:, None], both,
                                     torch.where(has_b[:, None], xb, torch.where(has_a[:, None], xa, fallback)))
-        dist[:, 0, t] = torch.where(has_b, t - before, T + 1).to(x.dtype)
-        dist[:, 1, t] = torch.where(has_a, after - t, T + 1).to(x.dtype)
+        dist[:, 0, t] = torch.where(has_b, since.to(x.dtype), inf)
+        dist[:, 1, t] = torch.where(has_a, until.to(x.dtype), inf)
     return base, dist
 
 
@@ -88,9 +129,10 @@ def local_residual(x: torch.Tensor, base: torch.Tensor, hidden: torch.Tensor, si
     return torch.where(den > 0, num / den.clamp_min(1e-6), torch.zeros_like(num))
 
 
-def fill_hidden(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True) -> torch.Tensor:
-    """x (B, C, T, H, W) with hidden pixels (B, T, H, W) replaced by :func:`temporal_baseline`."""
-    base, _ = temporal_baseline(x, hidden, linear)
+def fill_hidden(x: torch.Tensor, hidden: torch.Tensor, linear: bool = True, days: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """x (B, C, T, H, W) with hidden pixels (B, T, H, W) replaced by :func:`temporal_baseline` (``days`` (B, T))."""
+    base, _ = temporal_baseline(x, hidden, linear, days)
     return torch.where(hidden.unsqueeze(1), base, x)
 
 
@@ -121,6 +163,9 @@ class Imputer(nn.Module):
     RESIDUAL_WINDOWS = (5, 17)
     #: the gains are ``GAIN_SCALE * residual_gain``: steps of the size of the network's make them move
     GAIN_SCALE = 20.0
+    #: the distance inputs are days / DAY_SCALE, at most MAX_DAYS / DAY_SCALE (also where no clear date is)
+    DAY_SCALE = 32.0
+    MAX_DAYS = 128.0
 
     def __init__(self, mae: PrithviMAE, residual: str = "linear", patch_threshold: float = 0.0):
         super().__init__()
@@ -158,15 +203,19 @@ class Imputer(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden: torch.Tensor, temporal_coords: torch.Tensor | None = None,
                 location_coords: torch.Tensor | None = None) -> torch.Tensor:
+        """``temporal_coords`` (B, T, 2) = (year, day of year) of each frame: the baseline and the distance
+        inputs count days from them (NaN or None: equal spacing), and TL encoders embed them."""
         hidden = hidden.bool()
+        days = day_numbers(temporal_coords, x.shape[0], x.shape[2], x.device)  # (B, T)
+        temporal_coords = dated_coords(temporal_coords)
         if self.residual == "none":
             return self._reconstruct(x, hidden, temporal_coords, location_coords)
-        base, dist = temporal_baseline(x, hidden)
+        base, dist = temporal_baseline(x, hidden, days=days)
         hid = hidden.unsqueeze(1)  # (B, 1, T, H, W)
         inp = torch.where(hid, base, x)
-        t = x.shape[2]
+        dist = dist.clamp(max=self.MAX_DAYS) / self.DAY_SCALE  # (B, 2, T, H, W)
         local = [local_residual(x, base, hidden, k) for k in self.RESIDUAL_WINDOWS]  # each (B, C, T, H, W)
-        context = torch.cat([base, *local, hid.to(x.dtype), dist / t], dim=1)  # (B, C(1+n)+3, T, H, W)
+        context = torch.cat([base, *local, hid.to(x.dtype), dist], dim=1)  # (B, C(1+n)+3, T, H, W)
         enc = self.mae.encoder
         grid = enc.grid_of(x)
         tokens, pos = enc.embed(inp, temporal_coords, location_coords)  # (B, L, D)
@@ -190,4 +239,5 @@ class Imputer(nn.Module):
         return torch.where(hid, self.mae.unpatchify(pred, x.shape).to(x.dtype), x)
 
 
-__all__ = ["Imputer", "RESIDUAL_MODES", "fill_hidden", "hidden_patches", "local_residual", "temporal_baseline"]
+__all__ = ["FRAME_DAYS", "Imputer", "RESIDUAL_MODES", "dated_coords", "day_numbers", "fill_hidden", "hidden_patches",
+           "local_residual", "temporal_baseline"]

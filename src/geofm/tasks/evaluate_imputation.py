@@ -6,9 +6,10 @@
 The protocol (:func:`geofm.data.datasets.imputation.fixed_protocol`) hides, on listed dates of
 each window of T consecutive dates, the pixels of listed real cloud masks; every hidden pixel
 with data that is clear in the series is scored. The model and the two baselines (``nearest``
-clear date, temporal ``linear`` interpolation) fill the same pixels from the same inputs (gaps,
-the series' own clouds and nodata hidden); MAE, RMSE, PSNR and SSIM are computed on the filled
-image in reflectance (0..1), overall and per band, with the pixel count. ``geofm finetune
+clear date in days, temporal ``linear`` interpolation by acquisition day) fill the same pixels
+from the same inputs (gaps, the series' own clouds and nodata hidden); MAE, RMSE, PSNR and SSIM
+are computed on the filled image in reflectance (0..1), overall and per band, with the pixel
+count. ``geofm finetune
 --stage test`` runs the same protocol on ``data.test_series``.
 
 Predictions made elsewhere (``geofm predict`` or any gap filler) are scored the same way:
@@ -42,14 +43,24 @@ def _reflectance(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -
 @torch.no_grad()
 def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, target_frames: Sequence[int] | None = None,
                         stride: int | None = None, tile: int | None = None, batch_size: int = 8,
-                        progress=None) -> dict[str, float]:
-    """Scores of a fine-tuned imputation export and of the baselines on the fixed protocol (see the module doc)."""
+                        progress=None, correction: str = "always") -> dict[str, float]:
+    """Scores of a fine-tuned imputation export and of the baselines on the fixed protocol (see the module doc).
+
+    ``correction="always"``: the model's fill; ``"auto"``: what ``geofm predict --correction auto``
+    writes, decided for each sample on its cloudy input alone (the gap and the series' own clouds
+    flagged as cloud; see :func:`geofm.infer.correction.corrected_fill`); ``"never"``: the baseline.
+    """
     from torch.utils.data import DataLoader
 
     from geofm.data.datasets.imputation import FixedGaps
     from geofm.models.finetuned import load_finetuned
+    from geofm.models.imputer import day_numbers, fill_hidden
     from geofm.tasks.metrics import ScoreSums
 
+    from geofm.infer.correction import CORRECTION_MODES, corrected_fill
+
+    if correction not in CORRECTION_MODES:
+        raise DataError(f"--correction must be one of {', '.join(CORRECTION_MODES)}, got {correction!r}")
     model, info = load_finetuned(checkpoint)
     if info.task != "imputation":
         raise DataError(f"'{checkpoint}' is a {info.task} model, not an imputation one")
@@ -58,9 +69,16 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
     sums = ScoreSums(MODEL_BANDS)
     done = 0
     for batch in DataLoader(ds, batch_size=batch_size):
-        x, valid, gap = batch["image"], batch["valid"], batch["gap"]
+        x, valid, gap, coords = batch["image"], batch["valid"], batch["gap"], batch["temporal_coords"]
         unusable = gap | ~valid
-        sums.add_fills(model(x, unusable), x, unusable, gap & valid, lambda t: _reflectance(t, info.mean, info.std))
+        days = day_numbers(coords, x.shape[0], x.shape[2])
+        if correction == "auto":
+            filled, _ = corrected_fill(model, x, unusable, batch["cloud"] | (gap & valid), coords, info.std)
+        elif correction == "never":
+            filled = fill_hidden(x, unusable, True, days)
+        else:
+            filled = model(x, unusable, coords)
+        sums.add_fills(filled, x, unusable, gap & valid, lambda t: _reflectance(t, info.mean, info.std), days)
         done += len(x)
         if progress is not None:
             progress(done, len(ds))
@@ -118,8 +136,11 @@ def evaluate_predictions(prediction: str | Path, series, masks, *, frames: int =
 
     from geofm.tasks.metrics import ScoreSums
 
-    raw, unusable, gap, _ = first_sample(series, masks, frames, target_frames)
+    from geofm.models.imputer import day_numbers
+
+    raw, unusable, gap, t0 = first_sample(series, masks, frames, target_frames)
     T, C, H, W = raw.shape
+    days = day_numbers(torch.from_numpy(series.temporal_coords(range(t0, t0 + T)))[None], 1, T)
     with rasterio.open(prediction) as src:
         if (src.count, src.height, src.width) != (T * C, H, W):
             raise DataError(f"expected {T * C} bands of {W}x{H} px (time-major T x 6) in '{prediction}', "
@@ -127,7 +148,7 @@ def evaluate_predictions(prediction: str | Path, series, masks, *, frames: int =
         pred = src.read().reshape(T, C, H, W)
     to = lambda a: torch.from_numpy(a.astype(np.float32)).permute(1, 0, 2, 3)[None] / REFLECTANCE_SCALE  # noqa: E731
     sums = ScoreSums(MODEL_BANDS)
-    sums.add_fills(to(pred), to(raw), torch.from_numpy(unusable | gap)[None], torch.from_numpy(gap)[None])
+    sums.add_fills(to(pred), to(raw), torch.from_numpy(unusable | gap)[None], torch.from_numpy(gap)[None], days=days)
     return sums.result()
 
 

@@ -23,10 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacked-fmask-band", type=int, help="1-based Fmask band (else sidecar X.Fmask.tif)")
     p.add_argument("--fmask-kind", choices=("hls", "cfmask"), default="hls", help="Fmask bits (HLS) or CFmask classes")
     p.add_argument("--stack-frames", type=int, default=1, help="T of each file when a file is a T x 6 stack")
+    p.add_argument("--equal-spacing", action="store_true",
+                   help="take series without acquisition dates as equally spaced in time (else refused)")
     p.add_argument("--frames", type=int, default=3, help="dates per sample (--predictions / --write-cloudy)")
     p.add_argument("--target-frames", help="comma-separated dates of each window that get the masks (default: middle)")
     p.add_argument("--stride", type=int, help="dates between windows (default: T)")
     p.add_argument("--tile", type=int, help="tile size in px (default: the model's training size)")
+    p.add_argument("--correction", choices=("always", "auto", "never"), default="always",
+                   help="--checkpoint: score the model's fill (always), what geofm predict --correction auto "
+                        "writes, decided per sample on its cloudy input (auto), or the baseline (never)")
     p.add_argument("--out", help="write the scores as JSON here")
 
 
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     series = []
     for entry in args.series:
         series += load_series([",".join(entry)], stacked_bands=bands, stacked_fmask_band=args.stacked_fmask_band,
-                              fmask_kind=args.fmask_kind, stack_frames=args.stack_frames)
+                              fmask_kind=args.fmask_kind, stack_frames=args.stack_frames,
+                              equal_spacing=args.equal_spacing)
     masks = mask_bank(args.masks, series if args.own_masks else ())
     targets = [int(v) for v in args.target_frames.split(",")] if args.target_frames else None
     if args.write_cloudy:
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         bar = progress_bar(unit="sample", desc="evaluate")
         progress = done_of_total(bar)
         scores = evaluate_checkpoint(args.checkpoint, series, masks, target_frames=targets, stride=args.stride,
-                                     tile=args.tile, progress=progress)
+                                     tile=args.tile, progress=progress, correction=args.correction)
         bar.close()
     print(format_table(scores))
     if args.out:

@@ -74,7 +74,8 @@ def build_imputation_datamodule(cfg: FinetuneConfig, run_dir: Path | None, commo
         return out
 
     def series_of(entries, stacks=()):
-        kw = dict(stacked_bands=d.stacked_bands, stacked_fmask_band=d.stacked_fmask_band, fmask_kind=d.fmask_kind)
+        kw = dict(stacked_bands=d.stacked_bands, stacked_fmask_band=d.stacked_fmask_band, fmask_kind=d.fmask_kind,
+                  equal_spacing=d.equal_spacing)
         out = load_series(paths(stacks), stack_frames=d.stack_frames, **kw) if stacks else []
         for e in entries:
             own = dict(e) if isinstance(e, dict) else {"inputs": e}
@@ -109,12 +110,13 @@ def build_imputation_datamodule(cfg: FinetuneConfig, run_dir: Path | None, commo
             raise ConfigError("data.generate_from_image needs a run folder")
         with _open_image(image) as src:
             h, w = src.height, src.width
-        parts = (("train", (0, h // 2), (0, w), cfg.seed), ("test", (h // 2, min(h, h // 2 + 64)), (0, min(w, 128)),
-                                                             cfg.seed + 1))
-        for part, rows, cols, seed in parts:
+        days = d.generate_days or [16 * k for k in range(6)]
+        parts = (("train", (0, h // 2), (0, w), cfg.seed, days),
+                 ("test", (h // 2, min(h, h // 2 + 64)), (0, min(w, 128)), cfg.seed + 1, d.generate_test_days or days))
+        for part, rows, cols, seed, part_days in parts:
             folder = run_dir / "data" / f"generated_{part}"
             if not any(folder.glob("series_*.Fmask.tif")):
-                synthetic.write_series_from_image(image, folder, rows=rows, cols=cols, seed=seed)
+                synthetic.write_series_from_image(image, folder, rows=rows, cols=cols, seed=seed, days=part_days)
             (series if part == "train" else test_series).extend(load_series([str(folder)]))
     frames = cfg.model.options.get("num_frames", 3)
     if cfg.model.name is not None:
@@ -123,7 +125,7 @@ def build_imputation_datamodule(cfg: FinetuneConfig, run_dir: Path | None, commo
         frames = build_config(cfg.model.name, None, **cfg.model.options).num_frames
     return ImputationDataModule(
         series=series, fmask=fmask, frames=frames, crop_size=d.crop_size or 32, samples_per_epoch=d.samples_per_epoch,
-        gap_frames=d.gap_frames, min_hidden=d.min_hidden, own_masks=d.own_masks,
+        gap_frames=d.gap_frames, min_hidden=d.min_hidden, own_masks=d.own_masks, skip_dates=d.skip_dates,
         val_series=series_of(d.val_series) or None, test_series=test_series or None,
         test_masks=None if d.test_masks is None else paths(d.test_masks), test_frames=d.test_frames,
         test_stride=d.test_stride, val_samples=d.val_samples,

@@ -58,6 +58,7 @@ class FinetuneDataSection:
     stacked_bands: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])  # 1-based bands of each file
     stacked_fmask_band: int | None = None  # 1-based Fmask band (else a sidecar X.Fmask.tif, if any)
     fmask_kind: Literal["hls", "cfmask"] = "hls"
+    equal_spacing: bool = False  # take undated series as equally spaced in time (else they are refused)
     fmask: list[str] = field(default_factory=list)  # gap masks: 1-band HLS Fmask files
     own_masks: bool = True  # also the series' own partly cloudy frames' cloud masks
     generate: bool = False  # synthesize an HLS series + store under {run_dir}/data (demos, tests)
@@ -65,7 +66,10 @@ class FinetuneDataSection:
     # a real image made into two series with known truth under {run_dir}/data: its top half trains,
     # a 64 x 128 px part of its bottom half is added to the test series (bands 2-7: the HLS bands)
     generate_from_image: str | None = None
+    generate_days: list[int] | None = None  # days of its dates from the first (default: 6 dates, 16 days apart)
+    generate_test_days: list[int] | None = None  # the same for its held-out part (default: generate_days)
     samples_per_epoch: int = 8  # random samples per series and epoch
+    skip_dates: int = 0  # a training window takes T of T + k consecutive dates, k random in 0..skip_dates
     gap_frames: list[int] | None = None  # dates (in the T-window) that may get the gap (default: any)
     min_hidden: float = 0.02
     val_series: list[str | dict[str, Any]] = field(default_factory=list)  # default: the training series

@@ -5,8 +5,8 @@ Batches (see :mod:`geofm.data.datasets.imputation`): ``image`` (B, C, T, H, W) n
 The model fills ``gap | ~valid``; the loss is the L1 or L2 error over the ``gap`` pixels
 (normalized units). Validation and test report MAE / RMSE / PSNR / SSIM of the gap-filled image
 on the gap pixels in reflectance (0..1), overall and per band, for the model and the baselines
-``nearest`` (nearest clear date) and ``linear`` (temporal linear interpolation) on the same
-pixels: ``val/ssim``, ``val/ssim_linear``, ``test/mae_nearest_RED`` ..., plus ``test/pixels``.
+``nearest`` (nearest clear date in days) and ``linear`` (temporal linear interpolation by
+acquisition day) on the same pixels: ``val/ssim``, ``val/ssim_linear``, ``test/mae_nearest_RED`` ..., plus ``test/pixels``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from geofm.bands import MODEL_BANDS, REFLECTANCE_SCALE
-from geofm.models.imputer import Imputer
+from geofm.models.imputer import Imputer, day_numbers
 from geofm.tasks.base import FinetuneModule, build_mae
 from geofm.tasks.metrics import ScoreSums
 
@@ -57,9 +57,11 @@ class ImputationTask(FinetuneModule):
         """Normalized (B, C, T, H, W) -> reflectance 0..1."""
         return (x * self.std + self.mean) / REFLECTANCE_SCALE
 
-    def forward(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Gap-filled (B, C, T, H, W), normalized; ``hidden`` (B, T, H, W) = pixels to fill."""
-        return self.model(x, hidden)
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor, temporal_coords: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Gap-filled (B, C, T, H, W), normalized; ``hidden`` (B, T, H, W) = pixels to fill; ``temporal_coords``
+        (B, T, 2) = (year, day of year) of the dates (time is counted in days; TL encoders embed them)."""
+        return self.model(x, hidden, temporal_coords)
 
     def gap_loss(self, filled: torch.Tensor, x: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
         """Mean L1/L2 error over the gap pixels (normalized units)."""
@@ -70,22 +72,24 @@ class ImputationTask(FinetuneModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, gap = batch["image"], batch["gap"]
-        filled = self(x, gap | ~batch["valid"])
+        filled = self(x, gap | ~batch["valid"], batch.get("temporal_coords"))
         loss = self.gap_loss(filled, x, gap)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
     def reconstruct(self, batch: dict) -> torch.Tensor:
         """Normalized (B, C, T, H, W): clear pixels from the input, gaps, clouds and nodata filled by the model."""
-        return self(batch["image"], batch["gap"] | ~batch["valid"])
+        return self(batch["image"], batch["gap"] | ~batch["valid"], batch.get("temporal_coords"))
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         x, valid, gap = batch["image"], batch["valid"], batch["gap"]
         unusable = gap | ~valid
-        filled = self(x, unusable)
+        coords = batch.get("temporal_coords")
+        filled = self(x, unusable, coords)
         self.log(f"{stage}/loss", self.gap_loss(filled, x, gap), on_epoch=True, batch_size=len(x))
         sums = self._sums.setdefault(stage, ScoreSums(MODEL_BANDS if x.shape[1] == len(MODEL_BANDS) else None))
-        sums.add_fills(filled, x, unusable, gap & valid, self.to_reflectance)
+        sums.add_fills(filled, x, unusable, gap & valid, self.to_reflectance,
+                       day_numbers(coords, x.shape[0], x.shape[2], x.device))
 
     def _eval_epoch_end(self, stage: str) -> None:
         sums = self._sums.pop(stage, None)

@@ -50,19 +50,20 @@ def scores_from_confusion(cm: torch.Tensor, class_names: Sequence[str] | None = 
 
 
 # --------------------------------------------------------------------------- imputation baselines
-def nearest_clear_frame(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """Fill hidden pixels from the nearest frame (in time index) where the pixel is visible.
+def nearest_clear_frame(x: torch.Tensor, hidden: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
+    """Fill hidden pixels from the frame nearest in days (``days`` (B, T); None: equally spaced) where
+    the pixel is visible.
 
     x (B, C, T, H, W); hidden (B, T, H, W) bool. Ties prefer the earlier frame; pixels hidden in
     every frame get the per-band mean of the visible pixels of the sample.
     """
-    return fill_hidden(x, hidden, linear=False)
+    return fill_hidden(x, hidden, linear=False, days=days)
 
 
-def temporal_linear(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """Fill hidden pixels by linear interpolation (in time index) between the closest visible frames
-    before and after; pixels with a visible frame on one side only take it (nearest clear frame)."""
-    return fill_hidden(x, hidden, linear=True)
+def temporal_linear(x: torch.Tensor, hidden: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
+    """Fill hidden pixels by linear interpolation by acquisition day (``days`` (B, T)) between the closest
+    visible frames before and after; pixels with a visible frame on one side only take it."""
+    return fill_hidden(x, hidden, linear=True, days=days)
 
 
 # --------------------------------------------------------------------------- reconstruction scores
@@ -131,14 +132,14 @@ class ScoreSums:
             self.sums[k] = self.sums[k] + v if k in self.sums else v
 
     def add_fills(self, model_fill: torch.Tensor, x: torch.Tensor, unusable: torch.Tensor, score: torch.Tensor,
-                  to_reflectance=None) -> None:
+                  to_reflectance=None, days: torch.Tensor | None = None) -> None:
         """Add the scores of the model's gap-filled image and of the baselines ("nearest", "linear", made here
-        from ``x`` and ``unusable``) against ``x`` on the ``score`` pixels; images (B, C, T, H, W) go through
-        ``to_reflectance`` first when given (normalized model inputs)."""
+        from ``x``, ``unusable`` and the acquisition ``days`` (B, T)) against ``x`` on the ``score`` pixels;
+        images (B, C, T, H, W) go through ``to_reflectance`` first when given (normalized model inputs)."""
         conv = to_reflectance or (lambda t: t)
         target = conv(x).float()
-        for method, image in (("model", model_fill), ("nearest", nearest_clear_frame(x, unusable)),
-                              ("linear", temporal_linear(x, unusable))):
+        for method, image in (("model", model_fill), ("nearest", nearest_clear_frame(x, unusable, days)),
+                              ("linear", temporal_linear(x, unusable, days))):
             self.add(method, masked_image_scores(conv(image).float(), target, score))
 
     def all_reduce(self, reduce_sum, methods: Sequence[str], n_bands: int) -> None:

@@ -15,7 +15,9 @@ random window of a random mask. Evaluation (:class:`FixedGaps`): a fixed protoco
 
 Sample dict: ``image`` float32 (C, T, H, W) normalized (nodata -> 0.0001), ``valid`` bool
 (T, H, W) pixels with data that are clear in the series (the only ones that can be scored),
-``gap`` bool (T, H, W) the pixels hidden on purpose (a subset of ``valid``), ``index``. The
+``gap`` bool (T, H, W) the pixels hidden on purpose (a subset of ``valid``), ``index``,
+``temporal_coords`` float32 (T, 2) (year, day of year) of the dates (NaN for a series taken as
+equally spaced): the baselines and the model count days from them. The
 model must fill ``gap | ~valid`` (gaps, the series' own clouds and nodata) and is scored on ``gap``.
 """
 
@@ -162,8 +164,19 @@ class StoreSeries:
     def width(self) -> int:
         return int(self.shape[3])
 
+    def temporal_coords(self, indices: Sequence[int]) -> np.ndarray:
+        """(len(indices), 2) float32 (year, day of year) from the store's metadata (NaN where absent)."""
+        if "year" not in self.meta or "doy" not in self.meta:
+            return np.full((len(list(indices)), 2), np.nan, np.float32)
+        year, doy = np.asarray(self.meta["year"][self.i]), np.asarray(self.meta["doy"][self.i])
+        idx = list(indices)
+        return np.stack([year[idx], doy[idx]], axis=1).astype(np.float32)
+
     def read(self, t0: int, t1: int, row: int, col: int, h: int, w: int, datasets: dict | None = None):
-        chip = self.chip()[t0:t1]
+        return self.read_at(range(t0, t1), row, col, h, w, datasets)
+
+    def read_at(self, indices: Sequence[int], row: int, col: int, h: int, w: int, datasets: dict | None = None):
+        chip = self.chip()[list(indices)]
         n, c = chip.shape[:2]
         raw = np.full((n, c, h, w), HLS_NODATA, np.int16)
         r0, c0, r1, c1 = max(row, 0), max(col, 0), min(row + h, self.height), min(col + w, self.width)
@@ -202,18 +215,20 @@ class _SeriesSamples(Dataset):
     def __getstate__(self):
         return dict(self.__dict__, _datasets={})
 
-    def _read(self, s, t0: int, row: int, col: int):
-        raw, nodata, cloud = s.read(t0, t0 + self.frames, row, col, self.size, self.size, self._datasets)
+    def _read(self, s, dates: Sequence[int], row: int, col: int):
+        raw, nodata, cloud = s.read_at(dates, row, col, self.size, self.size, self._datasets)
         return raw, nodata | cloud  # (T, C, h, w), unusable (T, h, w)
 
-    def _sample(self, raw: np.ndarray, unusable: np.ndarray, gap: np.ndarray, index: int) -> dict:
+    def _sample(self, raw: np.ndarray, unusable: np.ndarray, gap: np.ndarray, index: int,
+                coords: np.ndarray) -> dict:
         x = raw.transpose(1, 0, 2, 3).astype(np.float32)  # (C, T, h, w)
         x = (x - self.mean) / self.std
         nodata = (raw == HLS_NODATA).any(axis=1)
         x[:, nodata] = NORMALIZED_NODATA
         valid = ~unusable
         return {"image": torch.from_numpy(np.ascontiguousarray(x)), "valid": torch.from_numpy(valid.copy()),
-                "gap": torch.from_numpy(gap & valid), "index": index}
+                "gap": torch.from_numpy(gap & valid), "index": index,
+                "temporal_coords": torch.from_numpy(np.asarray(coords, np.float32))}
 
     def geo(self, index: int):
         """(CRS, transform, name) of sample ``index`` (CRS/transform None where the series has none)."""
@@ -237,12 +252,17 @@ class _SeriesSamples(Dataset):
 
 
 class RandomGaps(_SeriesSamples):
-    """Training samples: ``samples_per_epoch`` random (dates, window, mask) draws per series and epoch."""
+    """Training samples: ``samples_per_epoch`` random (dates, window, mask) draws per series and epoch.
+
+    The dates of a sample are ``frames`` dates in order out of a run of ``frames`` + k consecutive
+    dates of the series, k drawn in 0..``skip_dates`` (so that the spacings seen in training are the
+    series' real, irregular ones, also with dates left out as clouds do)."""
 
     def __init__(self, series: Sequence, masks: CloudMaskBank, *, frames: int, size: int, mean: Sequence[float],
                  std: Sequence[float], samples_per_epoch: int = 1, gap_frames: Sequence[int] | None = None,
-                 min_hidden: float = 0.02, augment: bool = True):
+                 min_hidden: float = 0.02, augment: bool = True, skip_dates: int = 0):
         super().__init__(series, frames=frames, size=size, mean=mean, std=std)
+        self.skip_dates = int(skip_dates)
         if len(masks) == 0:
             raise DataError("imputation training needs at least one cloud mask (data.fmask or own_masks)")
         self.masks, self.samples_per_epoch = masks, int(samples_per_epoch)
@@ -258,10 +278,12 @@ class RandomGaps(_SeriesSamples):
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng(int(torch.randint(2**62, ())))
         s = self.series[index % len(self.series)]
-        t0 = int(rng.integers(len(s) - self.frames + 1))
+        run = self.frames + int(rng.integers(min(self.skip_dates, len(s) - self.frames) + 1))
+        t0 = int(rng.integers(len(s) - run + 1))
+        dates = t0 + np.sort(rng.choice(run, self.frames, replace=False))
         row = int(rng.integers(max(s.height - self.size, 0) + 1))
         col = int(rng.integers(max(s.width - self.size, 0) + 1))
-        raw, unusable = self._read(s, t0, row, col)
+        raw, unusable = self._read(s, dates, row, col)
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             raw, unusable = np.rot90(raw, k, axes=(2, 3)), np.rot90(unusable, k, axes=(1, 2))
@@ -275,7 +297,7 @@ class RandomGaps(_SeriesSamples):
             gap[f] = self.masks.draw(self.size, self.size, rng) & ~unusable[f]
             if usable == 0 or gap[f].sum() >= self.min_hidden * usable:
                 break
-        return self._sample(raw, unusable, gap, index)
+        return self._sample(raw, unusable, gap, index, s.temporal_coords(dates))
 
 
 def fixed_protocol(series: Sequence, masks: CloudMaskBank, *, frames: int, size: int,
@@ -307,7 +329,8 @@ def fixed_protocol(series: Sequence, masks: CloudMaskBank, *, frames: int, size:
 
 
 class FixedGaps(_SeriesSamples):
-    """Evaluation samples of :func:`fixed_protocol` (deterministic: same gaps for every method and run)."""
+    """Evaluation samples of :func:`fixed_protocol` (deterministic: same gaps for every method and run);
+    they also hold ``cloud`` (T, H, W) bool, the series' own clouds over data."""
 
     def __init__(self, series: Sequence, masks: CloudMaskBank, *, frames: int, size: int, mean: Sequence[float],
                  std: Sequence[float], target_frames: Sequence[int] | None = None, stride: int | None = None,
@@ -332,14 +355,18 @@ class FixedGaps(_SeriesSamples):
     def __getitem__(self, index: int) -> dict:
         si, t0, f, k, row, col = self.items[index]
         s = self.series[si]
-        raw, unusable = self._read(s, t0, row, col)
+        dates = range(t0, t0 + self.frames)
+        raw, nodata, cloud = s.read_at(dates, row, col, self.size, self.size, self._datasets)
+        unusable = nodata | cloud
         key = (si, k)
         if key not in self._placed:
             self._placed[key] = np.pad(self.masks.placed(k, s.height, s.width),
                                        ((0, -s.height % self.size), (0, -s.width % self.size)))
         gap = np.zeros_like(unusable)
         gap[f] = self._placed[key][row:row + self.size, col:col + self.size]
-        return self._sample(raw, unusable, gap, index)
+        sample = self._sample(raw, unusable, gap, index, s.temporal_coords(dates))
+        sample["cloud"] = torch.from_numpy(cloud & ~nodata)  # the series' own clouds over data
+        return sample
 
 
 # --------------------------------------------------------------------------- data module
@@ -406,7 +433,7 @@ class ImputationDataModule(SplitsDataModule):
                  test_stride: int | None = None, val_samples: int | None = None, batch_size: int = 4,
                  eval_batch_size: int | None = None,
                  num_workers: int = 0, augment: bool = True, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, norm_stats_name: str = "v1"):
+                 std: Sequence[float] | None = None, norm_stats_name: str = "v1", skip_dates: int = 0):
         if not series:
             raise DataError("imputation data needs at least one series (data.series, data.stacks or data.store)")
         if mean is None or std is None:
@@ -422,7 +449,7 @@ class ImputationDataModule(SplitsDataModule):
                  len(eval_masks))
         common = dict(frames=frames, size=crop_size, mean=mean, std=std)
         train = RandomGaps(series, train_masks, samples_per_epoch=samples_per_epoch, gap_frames=gap_frames,
-                           min_hidden=min_hidden, augment=augment, **common)
+                           min_hidden=min_hidden, augment=augment, skip_dates=skip_dates, **common)
         val = FixedGaps(val_series, val_masks if len(val_masks) else train_masks, target_frames=test_frames,
                         stride=test_stride, max_items=val_samples, **common)
         test = FixedGaps(test_series, eval_masks if len(eval_masks) else train_masks, target_frames=test_frames,
