@@ -1,6 +1,8 @@
 """Whole-scene windowed inference to georeferenced GeoTIFF: ``scene`` (tiles, blending, windowed COG
 writing: :func:`predict_scene`), ``predict`` (a fine-tuned model on a scene: :func:`predict_checkpoint`),
-``predict_cli`` (``geofm predict``).
+``predict_cli`` (``geofm predict``); ``region`` (a region and a season: granules -> tiles -> frames, one Dask
+task per tile: :func:`map_region`) + ``map_cli`` (``geofm map``), ``mosaic`` (tile outputs -> one COG),
+``catalog`` (the STAC catalog of a map).
 
 >>> from geofm.infer import predict_checkpoint, predict_scene, OutputSpec  # doctest: +SKIP
 """
@@ -9,7 +11,8 @@ import importlib
 
 _HOME = {"frames_from_inputs": "predict", "imputation_predictor": "predict", "predict_checkpoint": "predict",
          "scene_quicklook": "predict", "segmentation_predictor": "predict", "AxisTiling": "scene",
-         "OutputSpec": "scene", "map_region": "region", "MapResult": "region", "SceneResult": "scene", "predict_scene": "scene", "ramp_weights": "scene"}
+         "OutputSpec": "scene", "map_region": "region", "MapResult": "region", "SceneResult": "scene",
+         "predict_scene": "scene", "ramp_weights": "scene"}
 __all__ = sorted(_HOME)
 
 

@@ -83,12 +83,12 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     ``model`` is an :class:`~geofm.models.imputer.Imputer` (see :func:`as_imputer`). Hidden pixels
     (cloud, shadow, nodata) take the model's value, the others keep theirs. ``temporal_coords``
     (1, T, 2) = (year, day of year) of the frames: time in days (NaN: equally spaced).
-    ``use_model`` ((T, C) bools, see :mod:`geofm.infer.correction`; None: everywhere) picks the
+    ``use_model`` ((T, C) bools, see :mod:`geofm.correction`; None: everywhere) picks the
     dates and bands filled by the model; the others get temporal linear interpolation by
     acquisition day. Tiles where every pixel of every frame is hidden get NaN (nothing to
     impute from: the output stays nodata there).
     """
-    from geofm.infer.correction import blend_correction
+    from geofm.correction import blend_correction
     from geofm.models.imputer import day_numbers, fill_hidden
 
     device = torch.device(device)
@@ -163,12 +163,12 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
 
     Imputation counts time in days between the inputs' dates (refused without dates unless
     ``equal_spacing``) and ``correction`` ("auto", "always", "never"; see
-    :mod:`geofm.infer.correction`) decides per date and band whether the model's correction or the
+    :mod:`geofm.correction`) decides per date and band whether the model's correction or the
     baseline is written; the decision and its scores go into the output's ``geofm_correction*``
     tags and the log.
     """
     from geofm.data.ingest import date_from_name
-    from geofm.infer.correction import CORRECTION_MODES
+    from geofm.correction import CORRECTION_MODES
     from geofm.models.finetuned import load_finetuned
 
     if correction not in CORRECTION_MODES:
@@ -224,7 +224,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         if tile % info.patch_size[1]:
             raise ConfigError(f"imputation tiles must be a multiple of the patch size {info.patch_size[1]}, got {tile}")
         from geofm.data.series import Series, temporal_coords
-        from geofm.infer.correction import choose_correction
+        from geofm.correction import choose_correction
 
         spec = OutputSpec.reflectance(len(frames), info.bands, info.mean, info.std)
         model = as_imputer(model).to(device).eval()

@@ -48,7 +48,7 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
 
     ``correction="always"``: the model's fill; ``"auto"``: what ``geofm predict --correction auto``
     writes, decided for each sample on its cloudy input alone (the gap and the series' own clouds
-    flagged as cloud; see :func:`geofm.infer.correction.corrected_fill`); ``"never"``: the baseline.
+    flagged as cloud; see :func:`geofm.correction.corrected_fill`); ``"never"``: the baseline.
     """
     from torch.utils.data import DataLoader
 
@@ -57,7 +57,7 @@ def evaluate_checkpoint(checkpoint: str | Path, series: Sequence, masks, *, targ
     from geofm.models.imputer import day_numbers, fill_hidden
     from geofm.tasks.metrics import ScoreSums
 
-    from geofm.infer.correction import CORRECTION_MODES, corrected_fill
+    from geofm.correction import CORRECTION_MODES, corrected_fill
 
     if correction not in CORRECTION_MODES:
         raise DataError(f"--correction must be one of {', '.join(CORRECTION_MODES)}, got {correction!r}")

@@ -9,6 +9,7 @@ from geofm import cli
 from geofm.bands import MODEL_BANDS, NORM_STATS
 from geofm.data import synthetic
 from geofm.errors import DataError
+from geofm.io import write_geotiff
 from geofm.infer.predict import predict_checkpoint
 from geofm.models import create_model, save_finetuned
 from geofm.models.imputer import Imputer
@@ -108,7 +109,7 @@ def test_partial_choice_and_undated_inputs(cloudy_series, tmp_path, capsys):
     """Per date and band: a correction that helps in some bands and harms the others is kept only in the former;
     inputs without dates are refused unless --equal-spacing."""
     from geofm.data.series import Series, frames_from_inputs
-    from geofm.infer.correction import choose_correction
+    from geofm.correction import choose_correction
 
     files, truth, cloud = cloudy_series
     torch.manual_seed(0)
@@ -150,7 +151,8 @@ def test_predict_on_an_irregular_real_series_is_no_worse_than_linear(kind, sampl
     mask = tmp_path / "cloud.tif"
     m = np.zeros((5, 5), np.uint8)
     m[1:4, 2:5] = 2
-    synthetic._write(mask, m, dict(driver="GTiff", width=5, height=5, count=1, dtype="uint8"))
+    with rasterio.open(stacks[0]) as src:  # the mask on the series' grid
+        write_geotiff(mask, m, crs=src.crs, transform=src.transform)
     common = ["--series", *stacks, "--stacked-fmask-band", "8", "--fmask-kind", "cfmask", "--masks", str(mask)]
     assert cli.main(["evaluate-imputation", "--write-cloudy", str(tmp_path / "cloudy"), *common]) == 0
     cloudy = sorted(str(p) for p in (tmp_path / "cloudy").glob("*[0-9].tif"))
