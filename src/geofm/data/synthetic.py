@@ -138,12 +138,8 @@ def write_granule(out_dir: str | Path, tile: str, when: dt.datetime, size: int =
 
 
 def _write(path: Path, arr: np.ndarray, profile: dict) -> Path:
-    """``arr`` with ``profile``'s grid (crs, transform; none for a bare mask), nodata and creation options, as the
-    profile's dtype."""
-    import rasterio
-
-    options = {"crs": None, "transform": rasterio.Affine.identity(), **{
-        k: v for k, v in profile.items() if k not in ("driver", "width", "height", "count", "dtype")}}
+    """``arr`` with ``profile``'s grid (crs, transform), nodata and creation options, as the profile's dtype."""
+    options = {k: v for k, v in profile.items() if k not in ("driver", "width", "height", "count", "dtype")}
     return write_geotiff(path, arr.astype(profile["dtype"], copy=False), **options)
 
 

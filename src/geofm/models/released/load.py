@@ -5,10 +5,12 @@ Layouts (see docs/formats.md):
 
 * ``hls_foundation`` — Prithvi-EO-1.0 fine-tunes of hls-foundation-os: ``<name>.pth`` (mmcv
   checkpoint) with its mmseg config ``<name>.py`` beside it (a folder holding both, or the
-  ``.pth``). The config is read with ``ast``, never executed. Network: :mod:`geofm.models.released.hls_foundation`.
+  ``.pth``). The config is read with ``ast``, never executed
+  (:mod:`~geofm.models.released.config_files`). Network: :mod:`~geofm.models.released.hls_foundation`.
 * ``terratorch`` — Prithvi-EO-2.0 fine-tunes of TerraTorch: a Lightning checkpoint (``.ckpt``/``.pt``
-  with ``state_dict`` keys ``model.*`` and ``hyper_parameters.model_args``) or a Hugging Face folder
-  (``config.yaml`` + a ``.pt``/``.ckpt``). Network: :mod:`geofm.models.released.terratorch_prithvi`.
+  with ``state_dict`` keys ``model.*`` and ``hyper_parameters.model_args``; the file, or a folder
+  holding it alone, without a config) or a Hugging Face folder (``config.yaml`` + a ``.pt``/``.ckpt``).
+  Network: :mod:`~geofm.models.released.terratorch_prithvi`.
 * ``geofm_released`` — what ``geofm convert`` writes from either: ``config.json`` (with a
   ``released`` section) + ``model.safetensors``.
 
