@@ -47,30 +47,42 @@ def _coords(model: torch.nn.Module, frames: Sequence[Frame]) -> tuple[torch.Tens
 
 def segmentation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
                            temporal_coords: torch.Tensor | None = None,
-                           location_coords: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (B, C, T, h, w) normalized -> class probabilities (B, K, h, w) (softmax of the logits)."""
-    device = torch.device(device)
-    model = model.to(device).eval()
+                           location_coords: torch.Tensor | None = None,
+                           precision: str | None = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (B, C, T, h, w) normalized -> class probabilities (B, K, h, w) (softmax of the logits, fp32).
 
+    ``precision`` (fp32, bf16, fp16; "auto": :func:`~geofm.infer.precision.resolve_precision`)
+    converts the model's weights once (:func:`~geofm.infer.precision.prepare_model`); tiles are
+    cast to it on the way in, the logits back to fp32 before the softmax.
+    """
+    from geofm.infer.precision import prepare_model, resolve_precision, torch_dtype
+
+    device = torch.device(device)
+    precision = resolve_precision(precision, str(device))
+    model = prepare_model(model, precision, device)
+    dtype = torch_dtype(precision)
+
+    @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
         lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
-        return torch.softmax(model(x.to(device, non_blocking=True), tc, lc).float(), dim=1)
+        return torch.softmax(model(x.to(device, dtype, non_blocking=True), tc, lc).float(), dim=1)
 
     return predict
 
 
 def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
                          temporal_coords: torch.Tensor | None = None,
-                         location_coords: torch.Tensor | None = None) -> Callable:
-    """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
+                         location_coords: torch.Tensor | None = None, precision: str | None = "auto") -> Callable:
+    """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance (fp32).
 
     ``model`` is an :class:`~geofm.models.imputer.Imputer` (a bare PrithviMAE is wrapped as the
     paper's pure reconstruction). Hidden pixels (cloud, shadow, nodata) take the model's value,
     the others keep theirs. Tiles where every pixel of every frame is hidden get NaN (nothing to
-    impute from: the output stays nodata there).
+    impute from: the output stays nodata there). ``precision``: as :func:`segmentation_predictor`.
     """
+    from geofm.infer.precision import prepare_model, resolve_precision, torch_dtype
     from geofm.models.imputer import Imputer
     from geofm.models.mae import PrithviMAE
 
@@ -79,12 +91,14 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     if not isinstance(model, Imputer):
         raise ConfigError(f"imputation needs an Imputer or a PrithviMAE, got {type(model).__name__}")
     device = torch.device(device)
-    model = model.to(device).eval()
+    precision = resolve_precision(precision, str(device))
+    model = prepare_model(model, precision, device)
+    dtype = torch_dtype(precision)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        x, hidden = x.to(device), hidden.to(device)
+        x, hidden = x.to(device, dtype), hidden.to(device)
         empty = hidden.flatten(1).all(1)
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
         lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
@@ -121,7 +135,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        quicklook: bool | str | os.PathLike = False,
                        stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
                        progress: Callable[[int, int], None] | None = None, overwrite: bool = True,
-                       fmask_kind: str = "hls") -> SceneResult:
+                       fmask_kind: str = "hls", precision: str | None = "auto",
+                       runtime: str | None = None) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
     ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
@@ -138,14 +153,29 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     13-band Sen1Floods11 stack; 1-6 for geofm exports). A multi-frame model whose frames are
     consecutive bands of one stacked file (the v1 crop model's 18-band chips) takes that one file.
     ``fmask_kind``: "hls" (Fmask bits) or "cfmask" (Landsat CFmask classes) for the inputs' cloud layer.
+
+    ``precision``: fp32, bf16 or fp16 weights (see :mod:`geofm.infer.precision`; "auto": bf16 where
+    the hardware has it natively). ``runtime``: "torch", or "onnxruntime" for an ONNX file written
+    by ``geofm export-onnx`` (which carries the model's preprocessing); None picks onnxruntime for
+    a ``.onnx`` checkpoint. The runtime and precision are part of the resume fingerprint.
     """
     from geofm.data.ingest import date_from_name
     from geofm.models.segmentation import load_finetuned
 
+    from geofm.infer.precision import resolve_precision
+
     check_device(device)
     check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
-    model, info = load_finetuned(checkpoint)
+    runtime = check_runtime(runtime, checkpoint)
+    if runtime == "onnxruntime":
+        from geofm.infer.onnx import load_onnx
+
+        model, info = load_onnx(checkpoint, device)
+        precision = "fp32"
+    else:
+        precision = resolve_precision(precision, device)
+        model, info = load_finetuned(checkpoint)
     per_frame = info.stacked_bands if stacked_bands is None else None
     if stacked_bands is None:
         stacked_bands = per_frame[0] if per_frame else (1, 2, 3, 4, 5, 6)
@@ -178,25 +208,45 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     temporal, location = _coords(model, frames)
     files = _model_files(checkpoint, info)
     tags = {"geofm_checkpoint": str(checkpoint), "geofm_task": info.task, "geofm_model_layout": info.layout,
-            "geofm_frames": ",".join(str(f.granule_id) for f in frames)}
+            "geofm_frames": ",".join(str(f.granule_id) for f in frames), "geofm_runtime": runtime,
+            "geofm_precision": precision}
     if info.task == "segmentation":
         spec = (OutputSpec.probabilities if probabilities else OutputSpec.classes)(info.num_classes, info.class_names)
-        predictor = segmentation_predictor(model, device, temporal, location)
+        if runtime == "onnxruntime":
+            predictor = model.predictor(temporal, location)
+        else:
+            predictor = segmentation_predictor(model, device, temporal, location, precision)
         pass_hidden = False
     else:
         if tile % info.patch_size[1]:
             raise ConfigError(f"imputation tiles must be a multiple of the patch size {info.patch_size[1]}, got {tile}")
         spec = OutputSpec.reflectance(len(frames), info.bands, info.mean, info.std)
-        predictor = imputation_predictor(model, device, temporal, location)
+        predictor = imputation_predictor(model, device, temporal, location, precision)
         pass_hidden = True
     result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
                            overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
-                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files), progress=progress,
+                           pass_hidden=pass_hidden, resume=resume, run_id=f"{_run_id(files)}-{runtime}-{precision}",
+                           progress=progress,
                            tags=tags, nodata_fill=info.nodata_fill, fmask_kind=fmask_kind)
     if quicklook:
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
         scene_quicklook(frames, out_path, png, class_names=info.class_names)
     return result
+
+
+def check_runtime(runtime: str | None, checkpoint: Path) -> str:
+    """The runtime that runs ``checkpoint``: "torch", or "onnxruntime" for an ONNX file (None: by its suffix)."""
+    onnx_file = checkpoint.suffix.lower() == ".onnx"
+    if runtime is None:
+        return "onnxruntime" if onnx_file else "torch"
+    if runtime not in ("torch", "onnxruntime"):
+        raise ConfigError(f"--runtime must be torch or onnxruntime, got {runtime!r}")
+    if runtime == "onnxruntime" and not onnx_file:
+        raise ConfigError(f"--runtime onnxruntime needs an .onnx file written by geofm export-onnx as --checkpoint, "
+                          f"got '{checkpoint}'")
+    if runtime == "torch" and onnx_file:
+        raise ConfigError(f"--checkpoint '{checkpoint}' is an ONNX file: use --runtime onnxruntime")
+    return runtime
 
 
 def check_device(device: str) -> None:
