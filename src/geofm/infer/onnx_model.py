@@ -33,8 +33,8 @@ from geofm.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-#: the opset of the export unless asked otherwise
-DEFAULT_OPSET = 18
+#: the opset of the export unless asked otherwise, and the oldest torch's exporter writes
+DEFAULT_OPSET = MIN_OPSET = 18
 INSTALL_HINT = "install the optional extra: pip install 'geofm[onnx]'"
 
 
@@ -73,15 +73,54 @@ class _Graph(nn.Module):
         self.model = model
         self.inputs = inputs
 
-    def forward(self, x: torch.Tensor, *coords: torch.Tensor) -> torch.Tensor:
-        given = dict(zip(self.inputs, coords))
+    def forward(self, x: torch.Tensor, first: torch.Tensor | None = None,
+                second: torch.Tensor | None = None) -> torch.Tensor:
+        given = dict(zip(self.inputs, (first, second)))
         return self.model(x, given.get("temporal_coords"), given.get("location_coords"))
 
 
-def example_inputs(model: nn.Module, info, inputs: list[str], size: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
-    """Seeded example tensors of the graph's inputs: x (batch, C, T, size, size) and the coordinates."""
+class _AdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` whose bins are computed from the input's (symbolic) size inside the graph.
+
+    ONNX has no adaptive pooling and torch's decomposition bakes the bins of the example size in,
+    so a graph with dynamic H and W gets this instead: bin i of n px covers [floor(i n / s),
+    ceil((i + 1) n / s)), averaged from a cumulative sum.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        s = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        self.output_size = tuple(int(v) for v in s)
+
+    @staticmethod
+    def _pool(x: torch.Tensor, s: int, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        i = torch.arange(s, device=x.device)
+        start, end = (i * n) // s, ((i + 1) * n + s - 1) // s
+        csum = torch.cumsum(x, dim)
+        csum = torch.cat([torch.zeros_like(csum.narrow(dim, 0, 1)), csum], dim)  # (..., n + 1, ...)
+        total = csum.index_select(dim, end) - csum.index_select(dim, start)
+        shape = [1] * x.ndim
+        shape[dim] = s
+        return total / (end - start).to(x.dtype).reshape(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pool(self._pool(x, self.output_size[0], 2), self.output_size[1], 3)
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    """``model`` with its adaptive average pools replaced by :class:`_AdaptiveAvgPool2d` (same outputs)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.AdaptiveAvgPool2d):
+                setattr(module, name, _AdaptiveAvgPool2d(child.output_size))
+    return model
+
+
+def example_inputs(info, inputs: list[str], height: int, width: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Seeded example tensors of the graph's inputs: x (batch, C, T, height, width) and the coordinates."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, info.in_chans, info.num_frames, size, size, generator=g)
+    x = torch.randn(batch, info.in_chans, info.num_frames, height, width, generator=g)
     out = [x]
     if "temporal_coords" in inputs:
         out.append(torch.tensor([[[2020.0, 30.0 + 40 * t] for t in range(info.num_frames)]] * batch))
@@ -94,17 +133,26 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, o
                 size: int | None = None, check: bool = True) -> dict:
     """Write a segmentation export or released fine-tune as an ONNX file (see the module docstring).
 
-    ``size``: the H = W of the example input the graph is traced with (default: the model's
-    training tile; any multiple of :func:`size_multiple` works afterwards). The file is checked
-    with ``onnx.checker`` and its logits compared with torch's on the example input (``check``)
-    before it is renamed onto ``out_path``. Returns a summary (inputs, opset, max relative error).
+    ``size``: the H of the example input the graph is traced with (W = H + one multiple: distinct
+    sizes keep the two axes apart; default: the model's training tile). The graph then takes any
+    H, W that are multiples of :func:`size_multiple`, from twice it up. The file is checked with
+    ``onnx.checker`` and its logits compared with torch's (``check``) on the example and on another
+    size and batch, before it is renamed onto ``out_path``. Returns a summary (inputs, opset, max
+    relative error).
     """
     from geofm.models.segmentation import load_finetuned
 
-    onnx = _require("onnx")
+    from geofm.io import check_output_file
+
     out = Path(out_path)
     if out.suffix.lower() != ".onnx":
-        raise ConfigError(f"OUT '{out}' must end in .onnx")
+        raise ConfigError(f"OUT '{out}' must be an ONNX file path ending in .onnx")
+    check_output_file(out, "OUT")
+    onnx = _require("onnx")
+    _require("onnxscript")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {newest} (this onnx), got {opset}")
     model, info = load_finetuned(checkpoint)
     if info.task != "segmentation":
         raise ConfigError(f"'{checkpoint}' is an {info.task} model: export-onnx takes segmentation models")
@@ -114,15 +162,16 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, o
     size = int(size or info.img_size)
     if size % multiple:
         raise ConfigError(f"--size {size} must be a multiple of {multiple} px for '{checkpoint}'")
-    graph = _Graph(model, inputs)
-    example = example_inputs(model, info, inputs, size)
+    size = max(size, 2 * multiple)
+    graph = _Graph(_exportable(model), inputs)
+    example = example_inputs(info, inputs, size, size + multiple)
     meta_info = dataclasses.asdict(info)
     meta_info["extra"] = {k: v for k, v in info.extra.items() if k != "files"}
     metadata = {"geofm_info": json.dumps(meta_info), "geofm_multiple": str(multiple),
                 "geofm_source": str(checkpoint)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        _torch_export(graph, example, inputs, Path(tmp), opset)
+        _torch_export(graph, example, inputs, Path(tmp), opset, multiple)
         proto = onnx.load(str(tmp))
         for k, v in metadata.items():
             entry = proto.metadata_props.add()
@@ -130,30 +179,38 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, o
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
         err = None
-        if check:
-            with torch.inference_mode():
-                ref = graph(*example).numpy()
-            got = OnnxSegmenter(tmp).run(*example)
-            err = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+        if check:  # the example and another size and batch: the graph is right and really dynamic
+            session = OnnxSegmenter(tmp)
+            err = 0.0
+            for inp in (example, example_inputs(info, inputs, size + 2 * multiple, size, batch=1)):
+                with torch.inference_mode():
+                    ref = graph(*inp).numpy()
+                got = session.run(*inp)
+                err = max(err, float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12)))
             if not np.isfinite(err) or err > 1e-3:
                 raise CheckpointError(f"the ONNX graph of '{checkpoint}' disagrees with torch: max relative "
-                                      f"error {err:.2e} on the example input")
+                                      f"error {err:.2e} on the example inputs")
     log.info("exported %s -> %s (opset %d, inputs %s)", checkpoint, out, opset, ["x", *inputs])
     return {"path": str(out), "inputs": ["x", *inputs], "opset": opset, "size_multiple": multiple,
             "max_rel_error": err, "bytes": out.stat().st_size}
 
 
-def _torch_export(graph: nn.Module, example: tuple, inputs: list[str], path: Path, opset: int) -> None:
-    """torch.onnx.export with batch, H and W dynamic (the TorchScript exporter: no network, no compile)."""
+def _torch_export(graph: nn.Module, example: tuple, inputs: list[str], path: Path, opset: int,
+                  multiple: int) -> None:
+    """torch.onnx.export (torch.export + onnxscript) with batch, H and W dynamic (H, W multiples of ``multiple``)."""
     import warnings
 
-    dynamic = {"x": {0: "batch", 3: "height", 4: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-    for name in inputs:
-        dynamic[name] = {0: "batch"}
+    from torch.export import Dim
+
+    batch, height, width = Dim("batch", min=1), multiple * Dim("rows", min=2), multiple * Dim("cols", min=2)
+    shapes = {"x": {0: batch, 3: height, 4: width}}
+    shapes.update({arg: {0: batch} for arg, _ in zip(("first", "second"), inputs)})
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings on Python-level shape checks
-        torch.onnx.export(graph, example, str(path), input_names=["x", *inputs], output_names=["logits"],
-                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(graph, example, input_names=["x", *inputs], output_names=["logits"],
+                                    dynamic_shapes=shapes, opset_version=opset,
+                                    dynamo=True, external_data=False, verbose=False)
+        program.save(str(path))
 
 
 class OnnxSegmenter:

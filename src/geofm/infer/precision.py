@@ -3,14 +3,14 @@
 >>> precision = resolve_precision("auto", "cpu")   # "bf16" on CPUs with native bf16, else "fp32"
 >>> model = prepare_model(model, precision)         # doctest: +SKIP
 
-``fp32`` runs the model as trained. ``bf16`` / ``fp16`` convert every parameter and buffer
-once (no per-call casts: the weights take half the memory and the GEMMs run in the low
-precision kernels); the predictors cast each batch of tiles to the model's dtype and its
-output back to fp32, so the softmax and the blending of overlapping tiles are computed in
-fp32. Inside the model, torch's kernels keep the numerically sensitive reductions in fp32
-for low-precision inputs (LayerNorm and BatchNorm statistics, the softmax of attention,
-GELU), so no module needs to stay in fp32. Agreement with fp32 is measured in
-docs/inference.md.
+``fp32`` runs the model as trained. ``bf16`` / ``fp16`` convert the weights of the transformer
+blocks (attention and MLP: nearly all of a Prithvi model's weights and FLOPs) once, in place: no
+per-call weight casts, half the memory, and the GEMMs run in the low-precision kernels. Each
+block casts its input to the low precision and its output back to fp32, so the residual stream
+between blocks, the patch embedding, the neck, decoder and head, the softmax of the class
+probabilities and the blending of overlapping tiles stay fp32; inside a block torch's kernels
+keep the reductions in fp32 (LayerNorm statistics, the softmax of attention). Agreement with
+fp32 is measured in docs/inference.md.
 
 The default (``auto``) is bf16 where the hardware computes it natively: CUDA GPUs with bf16
 (fp16 on older ones), CPUs whose flags say AVX-512 BF16 or AMX-BF16 (x86) or BF16 (Arm); fp32
@@ -23,6 +23,9 @@ import functools
 import logging
 import platform
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from geofm.errors import ConfigError
 
@@ -91,20 +94,46 @@ def torch_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def prepare_model(model, precision: str, device: str = "cpu"):
-    """``model`` in eval mode on ``device`` with every floating parameter and buffer in ``precision``.
+def _cast_inputs(module, args: tuple, kwargs: dict):
+    dtype = module.inference_dtype
+    cast = tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    return cast, kwargs
 
-    The conversion happens once, in place (a model already in that dtype is left as it is); the
-    fp32 weights are released, so a bf16 model holds half the memory. Returns the model.
+
+def _cast_output(module, args: tuple, kwargs: dict, out):
+    return out.to(args[0].dtype) if torch.is_tensor(out) and torch.is_tensor(args[0]) else out
+
+
+def prepare_model(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:
+    """``model`` in eval mode on ``device``, its transformer blocks' weights converted to ``precision``.
+
+    The transformer blocks (:class:`geofm.models.vit.Block`: attention and MLP, nearly all the
+    weights and FLOPs of a Prithvi model) hold their weights in bf16/fp16, converted once, in
+    place (the fp32 copies are released); each block casts its input to that dtype and its output
+    back, so the residual stream between blocks, the patch embedding, the necks, decoders and
+    heads stay fp32 (measured: this halves the largest probability error on the released golden
+    models against converting everything). Calling it again with another precision converts the
+    blocks again (from their current values). Returns the model.
     """
+    from geofm.models.vit import Block
+
+    model = model.to(device=device, dtype=torch.float32).eval()
+    if precision == "fp32":
+        for m in model.modules():
+            if isinstance(m, Block):
+                m.__dict__.pop("inference_dtype", None)
+                for handle in m.__dict__.pop("_precision_hooks", ()):
+                    handle.remove()
+        return model
     dtype = torch_dtype(precision)
-    model = model.to(device=device, dtype=dtype).eval()
-    for m in model.modules():  # caches of derived tensors (interpolated position embeddings, cast copies)
-        for name in ("_pos_cache",):
-            cache = getattr(m, name, None)
-            if isinstance(cache, dict):
-                cache.clear()
-        m.__dict__.pop("_cast_cache", None)
+    for m in model.modules():
+        if isinstance(m, Block):
+            m.to(dtype)
+            m.inference_dtype = dtype
+            if not m.__dict__.get("_precision_hooks"):
+                m._precision_hooks = (m.register_forward_pre_hook(_cast_inputs, with_kwargs=True),
+                                      m.register_forward_hook(_cast_output, with_kwargs=True))
+        m.__dict__.pop("_cast_cache", None)  # autocast copies of the fp32 weights
     return model
 
 

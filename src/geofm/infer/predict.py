@@ -28,14 +28,16 @@ from geofm.infer.scene import OutputSpec, SceneResult, predict_scene
 log = logging.getLogger(__name__)
 
 
-def _coords(model: torch.nn.Module, frames: Sequence[Frame]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _coords(model, frames: Sequence[Frame]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(1, T, 2) (year, day of year) and (1, 2) (lat, lon) of the scene centre, for TL encoders."""
-    encoder = model.encoder
+    from geofm.infer.onnx_model import OnnxSegmenter, coords_inputs
+
+    wanted = model.inputs[1:] if isinstance(model, OnnxSegmenter) else coords_inputs(model)
     temporal = location = None
-    if getattr(encoder, "temporal_embed_enc", None) is not None and all(f.datetime for f in frames):
+    if "temporal_coords" in wanted and all(f.datetime for f in frames):
         temporal = torch.tensor([[[f.datetime.year, f.datetime.timetuple().tm_yday] for f in frames]],
                                 dtype=torch.float32)
-    if getattr(encoder, "location_embed_enc", None) is not None:
+    if "location_coords" in wanted:
         from rasterio.warp import transform
 
         g = check_same_grid(frames)
@@ -52,22 +54,20 @@ def segmentation_predictor(model: torch.nn.Module, device: str | torch.device = 
     """x (B, C, T, h, w) normalized -> class probabilities (B, K, h, w) (softmax of the logits, fp32).
 
     ``precision`` (fp32, bf16, fp16; "auto": :func:`~geofm.infer.precision.resolve_precision`)
-    converts the model's weights once (:func:`~geofm.infer.precision.prepare_model`); tiles are
-    cast to it on the way in, the logits back to fp32 before the softmax.
+    converts the transformer blocks' weights once (:func:`~geofm.infer.precision.prepare_model`).
     """
-    from geofm.infer.precision import prepare_model, resolve_precision, torch_dtype
+    from geofm.infer.precision import prepare_model, resolve_precision
 
     device = torch.device(device)
     precision = resolve_precision(precision, str(device))
     model = prepare_model(model, precision, device)
-    dtype = torch_dtype(precision)
 
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
         lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
-        return torch.softmax(model(x.to(device, dtype, non_blocking=True), tc, lc).float(), dim=1)
+        return torch.softmax(model(x.to(device, non_blocking=True), tc, lc).float(), dim=1)
 
     return predict
 
@@ -82,7 +82,7 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     the others keep theirs. Tiles where every pixel of every frame is hidden get NaN (nothing to
     impute from: the output stays nodata there). ``precision``: as :func:`segmentation_predictor`.
     """
-    from geofm.infer.precision import prepare_model, resolve_precision, torch_dtype
+    from geofm.infer.precision import prepare_model, resolve_precision
     from geofm.models.imputer import Imputer
     from geofm.models.mae import PrithviMAE
 
@@ -93,12 +93,11 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     device = torch.device(device)
     precision = resolve_precision(precision, str(device))
     model = prepare_model(model, precision, device)
-    dtype = torch_dtype(precision)
 
     @torch.inference_mode()
     def predict(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        x, hidden = x.to(device, dtype), hidden.to(device)
+        x, hidden = x.to(device), hidden.to(device)
         empty = hidden.flatten(1).all(1)
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
         lc = None if location_coords is None else location_coords.to(device).expand(b, -1)
@@ -205,6 +204,10 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         tile = int(info.img_size)
         overlap = min(overlap, tile // 4 // info.patch_size[1] * info.patch_size[1])
     tile = int(tile)
+    multiple = info.extra.get("onnx_size_multiple") if runtime == "onnxruntime" else None
+    if multiple and (tile % multiple or tile < 2 * multiple):
+        raise ConfigError(f"--tile {tile}: the ONNX model '{checkpoint}' takes tiles that are multiples of "
+                          f"{multiple} px, from {2 * multiple} px")
     temporal, location = _coords(model, frames)
     files = _model_files(checkpoint, info)
     tags = {"geofm_checkpoint": str(checkpoint), "geofm_task": info.task, "geofm_model_layout": info.layout,

@@ -54,13 +54,16 @@ def sincos_1d_torch(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]) -> torch.Tensor:
+def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int],
+                          always: bool = False) -> torch.Tensor:
     """Resize a (1, 1+t*h*w, D) position embedding from ``src_grid`` to ``dst_grid``.
 
     Time is resized linearly, height/width bicubically (per frame). The cls row is kept.
+    ``always`` resamples height/width even to the same size (an identity), for graphs where
+    the destination grid is symbolic.
     """
     src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
-    if src_grid == dst_grid:
+    if not always and src_grid == dst_grid:
         return pos_embed
     cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
     t, h, w = src_grid
@@ -72,7 +75,7 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_
     if nt != t:
         x = F.interpolate(x.reshape(1, d, t, h * w), size=(nt, h * w), mode="bilinear", align_corners=False)
         x = x.reshape(1, d, nt, h, w)
-    if (nh, nw) != (h, w):
+    if always or (nh, nw) != (h, w):
         x = x.permute(0, 2, 1, 3, 4).reshape(nt, d, h, w)
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False)
         x = x.reshape(1, nt, d, nh, nw).permute(0, 2, 1, 3, 4)
@@ -290,13 +293,23 @@ class PrithviViT(nn.Module):
         return (x.shape[2] // u, x.shape[3] // p, x.shape[4] // q)
 
     def pos_embed_for(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(1, 1+t*h*w, D) position embedding for a token grid (interpolated if not native)."""
+        """(1, 1+t*h*w, D) position embedding for a token grid (interpolated if not native, then cached).
+
+        While a graph is exported with dynamic H and W (``torch.export``, ONNX) h and w are
+        symbolic: the embedding is resampled inside the graph, so the graph takes any size.
+        """
+        if any(isinstance(n, torch.SymInt) for n in grid):
+            return self.resample_pos_embed(grid, always=True)
         if grid == self.grid_size:
             return self.pos_embed
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         if key not in self._pos_cache:
-            self._pos_cache[key] = interpolate_pos_embed(self.pos_embed, self.grid_size, grid)
+            self._pos_cache[key] = self.resample_pos_embed(grid)
         return self._pos_cache[key]
+
+    def resample_pos_embed(self, grid: tuple[int, int, int], always: bool = False) -> torch.Tensor:
+        """The native position embedding resized to ``grid`` (see :func:`interpolate_pos_embed`)."""
+        return interpolate_pos_embed(self.pos_embed, self.grid_size, grid, always)
 
     def embed(self, x: torch.Tensor, temporal_coords: torch.Tensor | None = None,
               location_coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
