@@ -60,8 +60,6 @@ def cpu_has_native_bf16() -> bool:
 
 def default_precision(device: str = "cpu") -> str:
     """bf16 where the hardware has it natively (fp16 on CUDA GPUs without bf16), else fp32."""
-    import torch
-
     dev = torch.device(device)
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -77,8 +75,6 @@ def resolve_precision(name: str | None, device: str = "cpu") -> str:
     if name not in PRECISIONS:
         raise ConfigError(f"--precision must be one of auto, {', '.join(PRECISIONS)}; got {name!r}")
     if name != "fp32":
-        import torch
-
         dev = torch.device(device)
         if dev.type == "cpu" and not cpu_has_native_bf16():
             log.warning("%s on a CPU without native bf16 arithmetic is emulated and usually slower than fp32", name)
@@ -89,8 +85,6 @@ def resolve_precision(name: str | None, device: str = "cpu") -> str:
 
 def torch_dtype(precision: str):
     """The torch dtype of a precision name."""
-    import torch
-
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -101,7 +95,7 @@ def _cast_inputs(module, args: tuple, kwargs: dict):
 
 
 def _cast_output(module, args: tuple, kwargs: dict, out):
-    return out.to(args[0].dtype) if torch.is_tensor(out) and torch.is_tensor(args[0]) else out
+    return out.float() if torch.is_tensor(out) else out
 
 
 def prepare_model(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:
@@ -117,18 +111,23 @@ def prepare_model(model: nn.Module, precision: str, device: str | torch.device =
     """
     from geofm.models.vit import Block
 
-    model = model.to(device=device, dtype=torch.float32).eval()
-    if precision == "fp32":
-        for m in model.modules():
-            if isinstance(m, Block):
-                m.__dict__.pop("inference_dtype", None)
-                for handle in m.__dict__.pop("_precision_hooks", ()):
-                    handle.remove()
-        return model
     dtype = torch_dtype(precision)
+    model = model.to(device).eval()
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    in_blocks = {id(t) for b in blocks for t in (*b.parameters(), *b.buffers())}
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if any(t.dtype != (dtype if id(t) in in_blocks else torch.float32) for t in tensors):
+        model.to(torch.float32)
+        for b in blocks:
+            b.to(dtype)
+    if precision == "fp32":
+        for b in blocks:
+            b.__dict__.pop("inference_dtype", None)
+            for handle in b.__dict__.pop("_precision_hooks", ()):
+                handle.remove()
+        return model
     for m in model.modules():
         if isinstance(m, Block):
-            m.to(dtype)
             m.inference_dtype = dtype
             if not m.__dict__.get("_precision_hooks"):
                 m._precision_hooks = (m.register_forward_pre_hook(_cast_inputs, with_kwargs=True),
@@ -137,15 +136,13 @@ def prepare_model(model: nn.Module, precision: str, device: str | torch.device =
     return model
 
 
-def model_dtype(model):
-    """The dtype of the model's first floating parameter (fp32 for a model without one)."""
-    import torch
-
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """How two (B, K, H, W) logits agree: fraction of equal argmax classes, largest softmax difference."""
+    ref, oth = reference.float(), other.float()
+    return {"classes_equal": float((ref.argmax(1) == oth.argmax(1)).float().mean()),
+            "max_prob_diff": float((ref.softmax(1) - oth.softmax(1)).abs().max()),
+            "max_rel_logit_diff": float((ref - oth).abs().max() / ref.abs().max().clamp_min(1e-12))}
 
 
-__all__ = ["PRECISIONS", "cpu_flags", "cpu_has_native_bf16", "default_precision", "model_dtype", "prepare_model",
+__all__ = ["PRECISIONS", "agreement", "cpu_flags", "cpu_has_native_bf16", "default_precision", "prepare_model",
            "resolve_precision", "torch_dtype"]
