@@ -168,7 +168,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     checkpoint = Path(checkpoint)
     runtime = check_runtime(runtime, checkpoint)
     if runtime == "onnxruntime":
-        from geofm.infer.onnx import load_onnx
+        from geofm.infer.onnx_model import load_onnx
 
         model, info = load_onnx(checkpoint, device)
         precision = "fp32"
