@@ -134,7 +134,7 @@ def worker_geofm(args) -> dict:
     after_load = current_rss_mib()
     t0 = time.perf_counter()
     res = predict_checkpoint(args.ckpt, [args.scene_tif], args.out, tile=TILE, overlap=OVERLAP,
-                             batch_size=args.batch_size, overviews=False, resume=False)
+                             batch_size=args.batch_size, overviews=False, resume=False, precision="fp32")
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "model_seconds": res.model_seconds, "peak_rss_mib": rss_mib(),
             "after_load_mib": after_load, "tiles": res.tiles}

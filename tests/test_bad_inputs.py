@@ -179,6 +179,21 @@ CASES = [
                                                       "{undated}/scene_a.tif", "{undated}/scene_b.tif", "--masks",
                                                       "{undated}/scene_a.Fmask.tif"],
          ["scene_a.tif", "no acquisition date", "--equal-spacing"], ["new"]),
+    Case("predict-runtime-onnxruntime-not-onnx", [*PREDICT, "{new}.tif", "--runtime", "onnxruntime"],
+         ["--runtime onnxruntime", ".onnx", "export"], ["new.tif"]),
+    Case("predict-onnx-file-with-torch", ["predict", "--checkpoint", "{file}.onnx", "--inputs", "{hls}", "--out",
+                                          "{new}.tif", "--runtime", "torch"], ["afile.txt.onnx", "--runtime"],
+         ["new.tif"]),
+    # ------------------------------------------------------------------ export-onnx
+    Case("export-onnx-out-not-onnx", ["export-onnx", "{export}", "{file}"], ["OUT", "afile.txt", ".onnx"], ["file"]),
+    Case("export-onnx-out-is-a-folder", ["export-onnx", "{export}", "{onnxdir}"], ["OUT", "adir.onnx", "folder"],
+         ["onnxdir"]),
+    Case("export-onnx-opset-too-old", ["export-onnx", "{export}", "{new}.onnx", "--opset", "9"], ["--opset", "9"],
+         ["new.onnx"]),
+    Case("export-onnx-imputation-model", ["export-onnx", "{mae_export}", "{new}.onnx"],
+         ["imputation", "segmentation"], ["new.onnx"]),
+    Case("export-onnx-checkpoint-missing", ["export-onnx", "{ws}/no_export", "{new}.onnx"], ["no_export"],
+         ["new.onnx"]),
     # ------------------------------------------------------------------ pretrain
     Case("pretrain-empty-index", [*PRETRAIN, "data.index={empty_index}"], ["data.index", "empty.parquet", "0 training"],
          ["new"]),
@@ -309,6 +324,13 @@ def build_workspace(root: Path) -> dict[str, Path]:
     shutil.copytree(w["export"], w["classifier"])
     cfg = json.loads((w["classifier"] / "config.json").read_text())
     (w["classifier"] / "config.json").write_text(json.dumps(dict(cfg, geofm_task="classification")))
+    from geofm.models import create_model
+
+    w["mae_export"] = save_finetuned(create_model("prithvi_tiny"), root / "mae_export", task="imputation", mean=mean,
+                                     std=std, bands=MODEL_BANDS)
+    w["onnxdir"] = root / "adir.onnx"
+    w["onnxdir"].mkdir()
+    (w["onnxdir"] / "keep.txt").write_text("someone's file\n")
     w["evil"] = root / "evil.pt"
     torch.save({"weight": torch.zeros(2), "extra": Payload(w["marker"])}, w["evil"])
     w["evilrun"] = root / "evilrun"

@@ -316,23 +316,23 @@ def test_inference_under_autocast_reuses_cast_weights_and_follows_updates(tiny, 
 
 
 def test_fp32_attention_probe_is_cached_leaves_rng_alone_and_can_be_pinned(tiny, monkeypatch):
-    from geofm.models import vit
+    from geofm.models import fast_cpu
 
     monkeypatch.delenv("GEOFM_ATTENTION_FP32", raising=False)
-    monkeypatch.setattr(vit, "_FP32_ATTENTION", {})
+    monkeypatch.setattr(fast_cpu, "_FP32_ATTENTION", {})
     x = torch.randn(2, 6, 3, 64, 64)
     q = torch.randn(2, 4, 49, 16).bfloat16()
-    assert not vit.attention_in_fp32(q.float())  # fp32 inputs: nothing to decide
+    assert not fast_cpu.attention_in_fp32(q.float())  # fp32 inputs: nothing to decide
     with torch.no_grad():
-        assert not vit.attention_in_fp32(q)  # inference: native kernel, no probe
-    assert vit._FP32_ATTENTION == {}
+        assert not fast_cpu.attention_in_fp32(q)  # inference: native kernel, no probe
+    assert fast_cpu._FP32_ATTENTION == {}
     state = torch.random.get_rng_state()
-    choice = vit.attention_in_fp32(q)
+    choice = fast_cpu.attention_in_fp32(q)
     assert torch.equal(torch.random.get_rng_state(), state)  # the probe draws from its own generator
-    assert list(vit._FP32_ATTENTION.values()) == [choice]
+    assert list(fast_cpu._FP32_ATTENTION.values()) == [choice]
     calls = []
-    monkeypatch.setattr(vit, "_probe_attention", lambda *a: calls.append(a) or (1.0, 1.0))
-    assert vit.attention_in_fp32(q) == choice and calls == []  # cached per shape
+    monkeypatch.setattr(fast_cpu, "_probe_attention", lambda *a: calls.append(a) or (1.0, 1.0))
+    assert fast_cpu.attention_in_fp32(q) == choice and calls == []  # cached per shape
     losses = {}
     for pinned in ("0", "1"):
         monkeypatch.setenv("GEOFM_ATTENTION_FP32", pinned)

@@ -29,14 +29,16 @@ from geofm.infer.scene import OutputSpec, SceneResult, predict_scene
 log = logging.getLogger(__name__)
 
 
-def _coords(model: torch.nn.Module, frames: Sequence[Frame]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _coords(model, frames: Sequence[Frame]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(1, T, 2) (year, day of year) and (1, 2) (lat, lon) of the scene centre, for TL encoders."""
-    encoder = model.encoder
+    from geofm.infer.onnx_model import OnnxSegmenter, coords_inputs
+
+    wanted = model.inputs[1:] if isinstance(model, OnnxSegmenter) else coords_inputs(model)
     temporal = location = None
-    if getattr(encoder, "temporal_embed_enc", None) is not None and all(f.datetime for f in frames):
+    if "temporal_coords" in wanted and all(f.datetime for f in frames):
         temporal = torch.tensor([[[f.datetime.year, f.datetime.timetuple().tm_yday] for f in frames]],
                                 dtype=torch.float32)
-    if getattr(encoder, "location_embed_enc", None) is not None:
+    if "location_coords" in wanted:
         from rasterio.warp import transform
 
         g = check_same_grid(frames)
@@ -48,11 +50,20 @@ def _coords(model: torch.nn.Module, frames: Sequence[Frame]) -> tuple[torch.Tens
 
 def segmentation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
                            temporal_coords: torch.Tensor | None = None,
-                           location_coords: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (B, C, T, h, w) normalized -> class probabilities (B, K, h, w) (softmax of the logits)."""
-    device = torch.device(device)
-    model = model.to(device).eval()
+                           location_coords: torch.Tensor | None = None,
+                           precision: str | None = "auto") -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (B, C, T, h, w) normalized -> class probabilities (B, K, h, w) (softmax of the logits, fp32).
 
+    ``precision`` (fp32, bf16, fp16; "auto": :func:`~geofm.infer.precision.resolve_precision`)
+    converts the transformer blocks' weights once (:func:`~geofm.infer.precision.prepare_model`).
+    """
+    from geofm.infer.precision import prepare_model, resolve_precision
+
+    device = torch.device(device)
+    precision = resolve_precision(precision, str(device))
+    model = prepare_model(model, precision, device)
+
+    @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         tc = None if temporal_coords is None else temporal_coords.to(device).expand(b, -1, -1)
@@ -76,9 +87,9 @@ def as_imputer(model: torch.nn.Module) -> torch.nn.Module:
 
 def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "cpu",
                          temporal_coords: torch.Tensor | None = None,
-                         location_coords: torch.Tensor | None = None,
+                         location_coords: torch.Tensor | None = None, precision: str | None = "auto",
                          use_model: Sequence[Sequence[bool]] | None = None) -> Callable:
-    """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance.
+    """Gap filling: ``(x (B, C, T, h, w), hidden (B, T, h, w)) -> (B, T*C, h, w)`` normalized reflectance (fp32).
 
     ``model`` is an :class:`~geofm.models.imputer.Imputer` (see :func:`as_imputer`). Hidden pixels
     (cloud, shadow, nodata) take the model's value, the others keep theirs. ``temporal_coords``
@@ -86,16 +97,18 @@ def imputation_predictor(model: torch.nn.Module, device: str | torch.device = "c
     ``use_model`` ((T, C) bools, see :mod:`geofm.correction`; None: everywhere) picks the
     dates and bands filled by the model; the others get temporal linear interpolation by
     acquisition day. Tiles where every pixel of every frame is hidden get NaN (nothing to
-    impute from: the output stays nodata there).
+    impute from: the output stays nodata there). ``precision``: as :func:`segmentation_predictor`.
     """
     from geofm.correction import blend_correction
+    from geofm.infer.precision import prepare_model, resolve_precision
     from geofm.models.imputer import day_numbers, fill_hidden
 
     device = torch.device(device)
-    model = as_imputer(model).to(device).eval()
+    precision = resolve_precision(precision, str(device))
+    model = prepare_model(as_imputer(model), precision, device)
     use = None if use_model is None or np.asarray(use_model, bool).all() else np.asarray(use_model, bool)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         x, hidden = x.to(device), hidden.to(device)
@@ -141,7 +154,8 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
                        stacked_bands: Sequence[int] | None = None, stacked_fmask_band: int | None = None,
                        progress: Callable[[int, int], None] | None = None, overwrite: bool = True,
                        fmask_kind: str = "hls", loaded: tuple | None = None, correction: str = "auto",
-                       equal_spacing: bool = False) -> SceneResult:
+                       equal_spacing: bool = False, precision: str | None = "auto",
+                       runtime: str | None = None) -> SceneResult:
     """Predict a whole scene with a fine-tuned export and write ``out_path`` (COG GeoTIFF).
 
     ``inputs``: paths (HLS band files, stacked GeoTIFFs or folders; see :func:`frames_from_inputs`)
@@ -166,9 +180,15 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     :mod:`geofm.correction`) decides per date and band whether the model's correction or the
     baseline is written; the decision and its scores go into the output's ``geofm_correction*``
     tags and the log.
+
+    ``precision``: fp32, bf16 or fp16 weights (see :mod:`geofm.infer.precision`; "auto": bf16 where
+    the hardware has it natively). ``runtime``: "torch", or "onnxruntime" for an ONNX file written
+    by ``geofm export-onnx`` (which carries the model's preprocessing); None picks onnxruntime for
+    a ``.onnx`` checkpoint. The runtime and precision are part of the resume fingerprint.
     """
-    from geofm.data.ingest import date_from_name
     from geofm.correction import CORRECTION_MODES
+    from geofm.data.ingest import date_from_name
+    from geofm.infer.precision import prepare_model, resolve_precision
     from geofm.models.finetuned import load_finetuned
 
     if correction not in CORRECTION_MODES:
@@ -176,7 +196,15 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     check_device(device)
     check_prediction_paths(out_path, quicklook, overwrite)
     checkpoint = Path(checkpoint)
-    model, info = load_finetuned(checkpoint) if loaded is None else loaded
+    runtime = check_runtime(runtime, checkpoint)
+    if runtime == "onnxruntime":
+        from geofm.infer.onnx_model import load_onnx
+
+        model, info = load_onnx(checkpoint, device)
+        precision = "fp32"
+    else:
+        precision = resolve_precision(precision, device)
+        model, info = load_finetuned(checkpoint) if loaded is None else loaded
     per_frame = info.stacked_bands if stacked_bands is None else None
     if stacked_bands is None:
         stacked_bands = per_frame[0] if per_frame else (1, 2, 3, 4, 5, 6)
@@ -211,14 +239,22 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         tile = int(info.img_size)
         overlap = min(overlap, tile // 4 // info.patch_size[1] * info.patch_size[1])
     tile = int(tile)
+    multiple = info.extra.get("onnx_size_multiple") if runtime == "onnxruntime" else None
+    if multiple and (tile % multiple or tile < 2 * multiple):
+        raise ConfigError(f"--tile {tile}: the ONNX model '{checkpoint}' takes tiles that are multiples of "
+                          f"{multiple} px, from {2 * multiple} px")
     temporal, location = _coords(model, frames)
     files = _model_files(checkpoint, info)
     tags = {"geofm_checkpoint": str(checkpoint), "geofm_task": info.task, "geofm_model_layout": info.layout,
-            "geofm_frames": ",".join(str(f.granule_id) for f in frames)}
+            "geofm_frames": ",".join(str(f.granule_id) for f in frames), "geofm_runtime": runtime,
+            "geofm_precision": precision}
     run_extra = ""
     if info.task == "segmentation":
         spec = (OutputSpec.probabilities if probabilities else OutputSpec.classes)(info.num_classes, info.class_names)
-        predictor = segmentation_predictor(model, device, temporal, location)
+        if runtime == "onnxruntime":
+            predictor = model.predictor(temporal, location)
+        else:
+            predictor = segmentation_predictor(model, device, temporal, location, precision)
         pass_hidden = False
     else:
         if tile % info.patch_size[1]:
@@ -227,7 +263,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         from geofm.correction import choose_correction
 
         spec = OutputSpec.reflectance(len(frames), info.bands, info.mean, info.std)
-        model = as_imputer(model).to(device).eval()
+        model = prepare_model(as_imputer(model), precision, device)  # the correction is scored as it will run
         temporal = torch.from_numpy(temporal_coords([f.datetime for f in frames]))[None]  # (1, T, 2), NaN: undated
         series = Series.of("inputs", frames, fmask_kind, equal_spacing=True)
         choice = choose_correction(model, series, mode=correction, mean=info.mean, std=info.std, bands=info.bands,
@@ -235,17 +271,31 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         tags.update(choice.tags())
         tags["geofm_dates"] = ",".join(f.date_str or "undated" for f in frames)
         run_extra = json.dumps(choice.tags(), sort_keys=True)
-        predictor = imputation_predictor(model, device, temporal, location, use_model=choice.use_model)
+        predictor = imputation_predictor(model, device, temporal, location, precision, use_model=choice.use_model)
         pass_hidden = True
     result = predict_scene(frames, predictor, out_path, output=spec, mean=info.mean, std=info.std, tile=tile,
                            overlap=overlap, batch_size=batch_size, block=block, overviews=overviews,
-                           pass_hidden=pass_hidden, resume=resume, run_id=_run_id(files, run_extra),
-                           progress=progress,
-                           tags=tags, nodata_fill=info.nodata_fill, fmask_kind=fmask_kind)
+                           pass_hidden=pass_hidden, resume=resume,
+                           run_id=f"{_run_id(files, run_extra)}-{runtime}-{precision}", progress=progress, tags=tags, nodata_fill=info.nodata_fill, fmask_kind=fmask_kind)
     if quicklook:
         png = Path(out_path).with_suffix(".png") if quicklook is True else Path(quicklook)
         scene_quicklook(frames, out_path, png, class_names=info.class_names)
     return result
+
+
+def check_runtime(runtime: str | None, checkpoint: Path) -> str:
+    """The runtime that runs ``checkpoint``: "torch", or "onnxruntime" for an ONNX file (None: by its suffix)."""
+    onnx_file = checkpoint.suffix.lower() == ".onnx"
+    if runtime is None:
+        return "onnxruntime" if onnx_file else "torch"
+    if runtime not in ("torch", "onnxruntime"):
+        raise ConfigError(f"--runtime must be torch or onnxruntime, got {runtime!r}")
+    if runtime == "onnxruntime" and not onnx_file:
+        raise ConfigError(f"--runtime onnxruntime needs an .onnx file written by geofm export-onnx as --checkpoint, "
+                          f"got '{checkpoint}'")
+    if runtime == "torch" and onnx_file:
+        raise ConfigError(f"--checkpoint '{checkpoint}' is an ONNX file: use --runtime onnxruntime")
+    return runtime
 
 
 def check_device(device: str) -> None:

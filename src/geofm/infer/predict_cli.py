@@ -18,6 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--probabilities", action="store_true", help="write per-class probabilities, not a class map")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="number format of the transformer blocks' weights (default auto: bf16 on CUDA and on CPUs "
+                        "with native bf16, AVX-512 BF16 or AMX; else fp32)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default=None,
+                   help="run the model with torch, or with ONNX Runtime (--checkpoint: an .onnx file written by "
+                        "geofm export-onnx; needs geofm[onnx]). Default: onnxruntime for .onnx files, else torch")
     p.add_argument("--quicklook", nargs="?", const=True, default=False, metavar="PNG",
                    help="also write a PNG quicklook (default path: OUT with .png)")
     p.add_argument("--block", type=int, default=512, help="output block size in px (and resume granularity)")
@@ -43,11 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geofm.data.ingest_cli import int_list
-    from geofm.infer.predict import predict_checkpoint
+    from pathlib import Path
+
+    from geofm.infer.precision import resolve_precision
+    from geofm.infer.predict import check_device, check_runtime, predict_checkpoint
     from geofm.progress import progress_bar
     from geofm.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
+    check_device(args.device)
+    runtime = check_runtime(args.runtime, Path(args.checkpoint))
+    precision = "fp32" if runtime == "onnxruntime" else resolve_precision(args.precision, args.device)
+    print(f"runtime {runtime}, precision {precision}" + (" (auto)" if args.precision == "auto" and
+                                                          runtime == "torch" else ""))
     bars: list = []  # created at the first batch, so that input errors print no empty bar
 
     def progress(done: int, total: int) -> None:
@@ -63,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                              stacked_bands=None if args.stacked_bands is None else
                              int_list(args.stacked_bands, "--stacked-bands"),
                              progress=progress, overwrite=args.overwrite, fmask_kind=args.fmask_kind,
-                             correction=args.correction, equal_spacing=args.equal_spacing)
+                             correction=args.correction, equal_spacing=args.equal_spacing,
+                             precision=precision, runtime=runtime)
     for bar in bars:
         bar.close()
     if res.resumed_from_row:
@@ -71,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicted {res.width}x{res.height} px ({res.tiles} tiles) in {res.seconds:.1f} s "
           f"(model {res.model_seconds:.1f} s) -> {res.path}")
     if args.quicklook:
-        from pathlib import Path
-
         png = Path(args.out).with_suffix(".png") if args.quicklook is True else Path(args.quicklook)
         print(f"quicklook -> {png}")
     return 0

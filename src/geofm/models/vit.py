@@ -6,9 +6,6 @@ Notation: B batch, C bands, T frames, H/W pixels, ``(u, p, p)`` the tubelet/patc
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from geofm.models.fast_cpu import CastCachingLinear, attention_in_fp32
 
 
 # --------------------------------------------------------------------------- position embeddings
@@ -57,13 +54,16 @@ def sincos_1d_torch(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]) -> torch.Tensor:
+def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int],
+                          always: bool = False) -> torch.Tensor:
     """Resize a (1, 1+t*h*w, D) position embedding from ``src_grid`` to ``dst_grid``.
 
     Time is resized linearly, height/width bicubically (per frame). The cls row is kept.
+    ``always`` resamples height/width even to the same size (an identity), for graphs where
+    the destination grid is symbolic.
     """
     src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
-    if src_grid == dst_grid:
+    if not always and src_grid == dst_grid:
         return pos_embed
     cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
     t, h, w = src_grid
@@ -75,7 +75,7 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_
     if nt != t:
         x = F.interpolate(x.reshape(1, d, t, h * w), size=(nt, h * w), mode="bilinear", align_corners=False)
         x = x.reshape(1, d, nt, h, w)
-    if (nh, nw) != (h, w):
+    if always or (nh, nw) != (h, w):
         x = x.permute(0, 2, 1, 3, 4).reshape(nt, d, h, w)
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False)
         x = x.reshape(1, nt, d, nh, nw).permute(0, 2, 1, 3, 4)
@@ -104,91 +104,6 @@ class PatchEmbed3D(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, L, D), tokens ordered (t, h, w)
 
 
-_FP32_ATTENTION: dict[tuple, bool] = {}
-
-
-def attention_in_fp32(q: torch.Tensor, attn_mask: torch.Tensor | None = None) -> bool:
-    """Whether low-precision attention with gradients runs faster in fp32 here: a measured, cached probe.
-
-    On CPU the bf16 flash-attention backward can be slower than the fp32 one (measured on this
-    project's AMX VM, 1 thread: fwd+bwd 110 vs 60 ms for the decoder's (2, 16, 589, 32) and 21
-    vs 9 ms for the encoder's (2, 12, 148, 64), about 20 % of a bf16 Prithvi-100M step), while
-    other CPUs, thread counts and shapes differ. So the first training call of each shape times
-    both (best of 3, interleaved, on private random tensors: the global RNG is untouched) and
-    keeps fp32 only if it is at least 10 % faster; the choice is logged. On GPUs, in inference
-    and for fp32 inputs the native kernel runs. ``GEOFM_ATTENTION_FP32=0/1`` pins the choice (e.g.
-    to make a bf16 run and its resumption bitwise alike on a machine where the two are close).
-    """
-    if q.dtype not in (torch.bfloat16, torch.float16) or q.device.type != "cpu" or not torch.is_grad_enabled():
-        return False
-    pinned = os.environ.get("GEOFM_ATTENTION_FP32")
-    if pinned in ("0", "1"):
-        return pinned == "1"
-    key = (tuple(q.shape), q.dtype, torch.get_num_threads(), attn_mask is not None)
-    if key not in _FP32_ATTENTION:
-        native, upcast = _probe_attention(tuple(q.shape), q.dtype, attn_mask)
-        _FP32_ATTENTION[key] = upcast < 0.9 * native
-        log.info("attention %s %s with gradients: native %.1f ms, fp32 %.1f ms -> %s", tuple(q.shape),
-                 q.dtype, native * 1e3, upcast * 1e3, "fp32" if _FP32_ATTENTION[key] else "native")
-    return _FP32_ATTENTION[key]
-
-
-def _probe_attention(shape: tuple, dtype: torch.dtype, attn_mask: torch.Tensor | None) -> tuple[float, float]:
-    """Best-of-3 seconds of SDPA forward + backward in ``dtype`` and in fp32, interleaved."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.autocast("cpu", enabled=False), torch.enable_grad():
-        q, k, v = (torch.randn(shape, generator=gen).to(dtype).requires_grad_() for _ in range(3))
-        grad = torch.randn(shape, generator=gen).to(dtype)
-        mask = None if attn_mask is None else attn_mask.detach().clone()
-
-        def native():
-            F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad)
-
-        def upcast():
-            F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(dtype).backward(grad)
-
-        best = [float("inf"), float("inf")]
-        for rep in range(4):  # the first round warms up
-            for i, fn in enumerate((native, upcast)):
-                t0 = time.perf_counter()
-                fn()
-                if rep:
-                    best[i] = min(best[i], time.perf_counter() - t0)
-    return best[0], best[1]
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` that keeps its autocast copy between inference calls.
-
-    Under autocast, every call casts the fp32 weight (and bias) to the autocast dtype, and
-    autocast's cache lives only as long as one autocast region: in inference (no grad) that
-    is one cast of every weight per forward. Here the cast copy is kept until the weight
-    changes (its version counter or storage), so repeated inference calls skip it; results
-    are bitwise those of plain autocast (the same rounding of the same weights). Measured:
-    Prithvi-100M bf16 encoder inference 8237 vs 8909 ms best-of-6 on a loaded 2-core AMX machine
-    (-7.5 %). Training (grad enabled) takes the plain path. Memory: one low-precision copy.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device = x.device.type
-        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
-            return super().forward(x)
-        dtype = torch.get_autocast_dtype(device)
-        w = self.weight
-        key = (dtype, w.data_ptr(), w._version, None if self.bias is None else (self.bias.data_ptr(),
-                                                                                  self.bias._version))
-        cache = self.__dict__.get("_cast_cache")
-        if cache is None or cache[0] != key:
-            with torch.no_grad():
-                cast = (w.to(dtype), None if self.bias is None else self.bias.to(dtype))
-            # the source tensors are held with the copy: their storage cannot be freed and its
-            # address reused by another weight (same data_ptr, version 0) while the key is cached
-            cache = (key, cast, (w.detach(), None if self.bias is None else self.bias.detach()))
-            self.__dict__["_cast_cache"] = cache
-        weight, bias = cache[1]
-        return F.linear(x.to(dtype), weight, bias)
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection and SDPA kernels."""
 
@@ -198,8 +113,8 @@ class Attention(nn.Module):
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = Linear(dim, dim)
+        self.qkv = CastCachingLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = CastCachingLinear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D); ``attn_mask`` (B, 1, 1, N) bool, False = key ignored."""
@@ -218,9 +133,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = Linear(dim, hidden)
+        self.fc1 = CastCachingLinear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
+        self.fc2 = CastCachingLinear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -302,11 +217,11 @@ def add_coords(module: nn.Module, x: torch.Tensor, suffix: str, tokens_per_frame
     """Add the TL encodings held by ``module`` to tokens ``x`` (B, t*tokens_per_frame, D)."""
     temporal = getattr(module, f"temporal_embed_{suffix}", None)
     if temporal is not None and temporal_coords is not None:
-        enc = temporal(temporal_coords, tokens_per_frame)
+        enc = temporal(temporal_coords, tokens_per_frame).to(x.dtype)  # computed in fp32 from the dates
         x = x + drop_per_sample(enc, drop_rate, module.training)
     location = getattr(module, f"location_embed_{suffix}", None)
     if location is not None and location_coords is not None:
-        enc = location(location_coords)
+        enc = location(location_coords).to(x.dtype)
         x = x + drop_per_sample(enc, drop_rate, module.training)
     return x
 
@@ -378,13 +293,23 @@ class PrithviViT(nn.Module):
         return (x.shape[2] // u, x.shape[3] // p, x.shape[4] // q)
 
     def pos_embed_for(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(1, 1+t*h*w, D) position embedding for a token grid (interpolated if not native)."""
+        """(1, 1+t*h*w, D) position embedding for a token grid (interpolated if not native, then cached).
+
+        While a graph is exported with dynamic H and W (``torch.export``, ONNX) h and w are
+        symbolic: the embedding is resampled inside the graph, so the graph takes any size.
+        """
+        if any(isinstance(n, torch.SymInt) for n in grid):
+            return self.resample_pos_embed(grid, always=True)
         if grid == self.grid_size:
             return self.pos_embed
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         if key not in self._pos_cache:
-            self._pos_cache[key] = interpolate_pos_embed(self.pos_embed, self.grid_size, grid)
+            self._pos_cache[key] = self.resample_pos_embed(grid)
         return self._pos_cache[key]
+
+    def resample_pos_embed(self, grid: tuple[int, int, int], always: bool = False) -> torch.Tensor:
+        """The native position embedding resized to ``grid`` (see :func:`interpolate_pos_embed`)."""
+        return interpolate_pos_embed(self.pos_embed, self.grid_size, grid, always)
 
     def embed(self, x: torch.Tensor, temporal_coords: torch.Tensor | None = None,
               location_coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

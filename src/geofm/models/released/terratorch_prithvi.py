@@ -126,22 +126,17 @@ class TerraTorchPrithviViT(PrithviViT):
     """geofm's ViT with TerraTorch's rules for another input size: the time axis gets a fresh sin-cos
     embedding, height/width are resized bicubically with ``align_corners=True``."""
 
-    def pos_embed_for(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        if grid == self.grid_size:
-            return self.pos_embed
-        key = (grid, self.pos_embed.device, self.pos_embed.dtype)
-        if key not in self._pos_cache:
-            src = self.grid_size
-            pos = self.pos_embed
-            if grid[0] != src[0]:
-                src = (grid[0], *src[1:])
-                pos = torch.from_numpy(sincos_3d(self.embed_dim, src)).float().unsqueeze(0).to(pos.device)
-            cls, patch = pos[:, :1], pos[:, 1:]
-            patch = patch.reshape(*src, self.embed_dim).permute(0, 3, 1, 2)  # (t, D, h, w)
-            patch = F.interpolate(patch, size=grid[1:], mode="bicubic", align_corners=True)
-            patch = patch.permute(0, 2, 3, 1).reshape(1, -1, self.embed_dim)
-            self._pos_cache[key] = torch.cat([cls, patch], dim=1).to(self.pos_embed.dtype)
-        return self._pos_cache[key]
+    def resample_pos_embed(self, grid: tuple[int, int, int], always: bool = False) -> torch.Tensor:
+        src = self.grid_size
+        pos = self.pos_embed
+        if grid[0] != src[0]:
+            src = (grid[0], *src[1:])
+            pos = torch.from_numpy(sincos_3d(self.embed_dim, src)).to(pos).unsqueeze(0)
+        cls, patch = pos[:, :1], pos[:, 1:]
+        patch = patch.reshape(*src, self.embed_dim).permute(0, 3, 1, 2).float()  # (t, D, h, w)
+        patch = F.interpolate(patch, size=grid[1:], mode="bicubic", align_corners=True)
+        patch = patch.permute(0, 2, 3, 1).reshape(1, -1, self.embed_dim).to(pos.dtype)
+        return torch.cat([cls, patch], dim=1)
 
     def features(self, x: torch.Tensor, temporal_coords: torch.Tensor | None = None,
                  location_coords: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -157,14 +152,20 @@ class TerraTorchPrithviViT(PrithviViT):
 
 
 # --------------------------------------------------------------------------- necks
-def tokens_to_image(x: torch.Tensor, t: int, image_size: Sequence[int]) -> torch.Tensor:
+def tokens_to_image(x: torch.Tensor, t: int, image_size: Sequence[int], patch_size: int | None = None
+                    ) -> torch.Tensor:
     """(B, 1+t*h*w, D) -> (B, t*D, h, w): ``ReshapeTokensToImage`` (cls removed, channel = t*D + d).
 
     As TerraTorch: h = sqrt(tokens per time step) when that is whole, else from the image aspect.
+    In a graph exported with symbolic H and W (no square-root test there) h = H / ``patch_size``,
+    the same for square images.
     """
     x = x[:, 1:]
     b, n, d = x.shape
     per_t = n // t
+    if isinstance(per_t, torch.SymInt) and patch_size:
+        h = image_size[0] // patch_size
+        return x.reshape(b, t, h, per_t // h, d).permute(0, 1, 4, 2, 3).reshape(b, t * d, h, per_t // h)
     h = math.isqrt(per_t)
     if h * h != per_t:
         patch = (image_size[0] * image_size[1] / per_t) ** 0.5
@@ -189,8 +190,9 @@ class ReshapeTokensToImage(nn.Module):
             raise CheckpointError("ReshapeTokensToImage with remove_cls_token=False is not supported")
         self.t = int(effective_time_dim)
 
-    def forward(self, feats: list[torch.Tensor], image_size: Sequence[int] = (0, 0), **_: Any) -> list:
-        return [f if f.dim() == 4 else tokens_to_image(f, self.t, image_size) for f in feats]
+    def forward(self, feats: list[torch.Tensor], image_size: Sequence[int] = (0, 0), patch_size: int | None = None,
+                **_: Any) -> list:
+        return [f if f.dim() == 4 else tokens_to_image(f, self.t, image_size, patch_size) for f in feats]
 
 
 class LearnedInterpolateToPyramidal(nn.Module):
@@ -410,7 +412,7 @@ class TerraTorchSegmenter(nn.Module):
         size = x.shape[-2:]
         feats: Any = self.encoder.features(x, temporal_coords, location_coords)
         for m in self.neck:
-            feats = m(feats, image_size=tuple(size))
+            feats = m(feats, image_size=tuple(size), patch_size=self.config.patch_size)
         y = self.head(self.decoder(feats))
         if self.config.rescale and y.shape[-2:] != size:
             y = F.interpolate(y, size=size, mode="bilinear")
