@@ -2,7 +2,8 @@
 writing: :func:`predict_scene`), ``predict`` (a fine-tuned model on a scene: :func:`predict_checkpoint`),
 ``predict_cli`` (``geofm predict``); ``region`` (a region and a season: granules -> tiles -> frames, one Dask
 task per tile: :func:`map_region`) + ``map_cli`` (``geofm map``), ``mosaic`` (tile outputs -> one COG),
-``catalog`` (the STAC catalog of a map).
+``catalog`` (the STAC catalog of a map); ``precision`` (fp32/bf16/fp16 weights, the default by a CPU
+probe), ``onnx_model`` (ONNX export and an ONNX Runtime model) + ``export_onnx_cli`` (``geofm export-onnx``).
 
 >>> from geofm.infer import predict_checkpoint, predict_scene, OutputSpec  # doctest: +SKIP
 """

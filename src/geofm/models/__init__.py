@@ -6,6 +6,7 @@ writing model folders), ``necks`` + ``heads`` + ``segmentation`` (the segmentati
 ``imputer`` (cloud-gap filling), ``export`` (the fine-tuned export format: ``FinetunedInfo``),
 ``finetuned`` (``load_finetuned``: an export or a release). ``released/``: the published
 fine-tunes run as released (hls-foundation-os v1, TerraTorch v2). ``convert_cli``: ``geofm convert``.
+``fast_cpu``: CPU speed paths (the probed fp32 attention kernel, cached weight casts under autocast).
 
 >>> from geofm.models import create_model
 >>> model = create_model("prithvi_tiny")
