@@ -27,7 +27,8 @@ boundaries, so the result is bitwise identical to an uninterrupted run) and skip
 done. When every block is there, they are copied into a Cloud-Optimized GeoTIFF written
 under a temporary name and renamed onto ``out_path``; the parts are then removed.
 
-Outputs (:class:`OutputSpec`): ``classes`` (uint8 argmax, nodata 255), ``probabilities``
+Outputs (:class:`OutputSpec`): ``classes`` (uint8 argmax, nodata 255, a GDAL colour table of the
+default class palette, :mod:`geofm.viz.palette`), ``probabilities``
 (float32 in [0, 1], one band per class, nodata -1), ``reflectance`` (imputation: int16
 reflectance x10000, T x C bands frame-major, nodata -9999; pixels that are clear in a frame
 keep their input values, cloudy/shadow/nodata ones take the model's reconstruction) and
@@ -640,6 +641,10 @@ def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: O
         for i, d in enumerate(output.descriptions, start=1):
             dst.set_band_description(i, d)
         dst.update_tags(**{"geofm_output": output.kind, **output.tags, **(tags or {})})
+        if output.kind == "classes" and output.dtype == "uint8":  # GDAL colour tables: 8-bit here
+            from geofm.viz.palette import class_colormap
+
+            dst.write_colormap(1, class_colormap(output.channels))
     resampling = "NEAREST" if output.kind == "classes" else "AVERAGE"
     with atomic_path(out_path) as tmp:
         rasterio.shutil.copy(staged, tmp, driver="COG", BLOCKSIZE=block, COMPRESS=compress.upper(),
