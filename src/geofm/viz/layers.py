@@ -57,6 +57,8 @@ FMASK_CLASSES = (("cloud", 1, "#f2f2f2"), ("shadow", 2, "#404040"), ("adjacent",
                  ("snow_ice", 4, "#66e6ff"), ("water", 5, "#1a59d9"))
 RAMP = "viridis"
 STRETCH_PERCENTILES = (2.0, 98.0)
+#: Zoom levels below the raster's coarsest overview that are still drawn (see :func:`_georeference`).
+ZOOM_OUT_LEVELS = 2
 STRETCH_MAX_SIZE = 512  # px: side of the decimated read the stretch is computed from
 
 
@@ -393,7 +395,10 @@ def _percentile_stretch(layer: Layer, rgb: tuple[int, ...]) -> tuple[list[float]
 
 
 def _georeference(layer: Layer) -> None:
-    """Bounds (EPSG:4326) and zoom range of the layer's first frame (rio-tiler's Web Mercator maths)."""
+    """Bounds (EPSG:4326) and zoom range of the layer's first frame (rio-tiler's Web Mercator maths).
+
+    ``minzoom`` is ZOOM_OUT_LEVELS below the zoom of the raster's coarsest overview: a tile there
+    reads at most 4^ZOOM_OUT_LEVELS times the pixels of a tile (lower ones are served empty)."""
     import rasterio
     from rio_tiler.io import Reader
 
@@ -401,7 +406,7 @@ def _georeference(layer: Layer) -> None:
         if ds.crs is None:
             raise DataError(f"'{layer.path}' has no CRS: cannot place it on a map")
         layer.bounds = tuple(float(v) for v in r.get_geographic_bounds("EPSG:4326"))
-        layer.minzoom, layer.maxzoom = int(r.minzoom), int(r.maxzoom)
+        layer.minzoom, layer.maxzoom = max(0, int(r.minzoom) - ZOOM_OUT_LEVELS), int(r.maxzoom)
 
 
 def fmask_classes(fmask: np.ndarray) -> np.ndarray:

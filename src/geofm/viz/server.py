@@ -48,17 +48,31 @@ _T_RE = re.compile(r"^[0-9]{1,4}$")
 _POINT_RE = re.compile(rf"^(?P<lon>{_NUMBER}),(?P<lat>{_NUMBER})$")
 _ID_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 
-#: Page files: URL name -> (package, resource path, media type).
+#: Page files: URL name -> (distribution, file in it, media type). MapLibre GL JS comes from the
+#: ``maplibre`` wheel's files (read without importing that package), the rest from geofm's package data.
 ASSETS = {
-    "maplibre-gl.js": ("maplibre", "srcjs/maplibre-gl.js", "text/javascript"),
-    "maplibre-gl.css": ("maplibre", "srcjs/maplibre-gl.css", "text/css"),
-    "app.js": ("geofm.viz", "static/app.js", "text/javascript"),
-    "app.css": ("geofm.viz", "static/app.css", "text/css"),
+    "maplibre-gl.js": ("maplibre", "maplibre/srcjs/maplibre-gl.js", "text/javascript"),
+    "maplibre-gl.css": ("maplibre", "maplibre/srcjs/maplibre-gl.css", "text/css"),
+    "app.js": ("geofm", "static/app.js", "text/javascript"),
+    "app.css": ("geofm", "static/app.css", "text/css"),
 }
 
 
 class BadRequest(ValueError):
     """A query the API does not accept (400)."""
+
+
+def read_asset(name: str) -> bytes:
+    """The bytes of page file ``name`` (a key of ASSETS); :class:`ConfigError` if it is not installed."""
+    import importlib.metadata
+
+    dist, resource, _ = ASSETS[name]
+    try:
+        if dist == "geofm":
+            return importlib.resources.files("geofm.viz").joinpath(resource).read_bytes()
+        return importlib.metadata.distribution(dist).locate_file(resource).read_bytes()
+    except (importlib.metadata.PackageNotFoundError, OSError) as e:
+        raise ConfigError(f"the viewer's page file {resource} is missing: install geofm[view] ({e})") from e
 
 
 # --------------------------------------------------------------------------- tiles and points
@@ -220,8 +234,7 @@ def build_app(layers: Sequence[Layer], basemap: str | None = None):
         if name not in ASSETS:
             return not_found()
         if name not in assets:
-            package, resource, media = ASSETS[name]
-            assets[name] = (importlib.resources.files(package).joinpath(resource).read_bytes(), media)
+            assets[name] = (read_asset(name), ASSETS[name][2])
         body, media = assets[name]
         return Response(body, media_type=media, headers={**headers, "Cache-Control": "max-age=3600"})
 
@@ -241,7 +254,7 @@ def build_app(layers: Sequence[Layer], basemap: str | None = None):
             opts = _parse_query(layer, request.query_params)
         except BadRequest as e:
             return PlainTextResponse(str(e), status_code=400, headers=headers)
-        png = render_tile(layer, z, x, y, **opts)
+        png = render_tile(layer, z, x, y, **opts) if z >= layer.minzoom else None
         return Response(empty if png is None else png, media_type="image/png",
                         headers={**headers, "Cache-Control": "max-age=60"})
 

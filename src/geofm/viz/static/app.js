@@ -65,8 +65,10 @@
     });
   }
 
+  // Start on the top layer (layers far apart would otherwise be drawn too small to see).
+  const top = layers[layers.length - 1];
   const map = new maplibregl.Map({
-    container: "map", style: baseStyle(), bounds: union(layers), fitBoundsOptions: { padding: 20 },
+    container: "map", style: baseStyle(), bounds: union([top]), fitBoundsOptions: { padding: 20 },
     maxZoom: 24, attributionControl: config.basemap ? {} : false, fadeDuration: 0,
   });
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-left");
@@ -140,6 +142,9 @@
       el("label", {}, vis, " ", el("span", { class: "name", text: l.name }),
         el("span", { class: "kind", text: ` ${l.kind}` })),
       el("label", {}, "opacity ", op));
+    const zoom = el("button", { type: "button", text: "zoom to" });
+    zoom.addEventListener("click", () => map.fitBounds(union([l]), { padding: 20 }));
+    item.querySelector("label").append(" ", zoom);
     if (l.dates.length > 1) {
       const opts = l.dates.map((d, i) => [String(i), d || `frame ${i + 1}`]);
       item.append(el("label", {}, "date ", select(opts, "0", (v) => { s.t = Number(v); refreshTiles(l); })));
