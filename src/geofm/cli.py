@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("geofm.tasks.finetune", "fine-tune on a downstream task (fit/validate/test/predict) from a YAML"),
     "experiment": ("geofm.tasks.experiment", "data-efficiency grid: strategies x label fractions x seeds -> CSV + plots"),
     "predict": ("geofm.infer.predict_cli", "predict a whole scene with a fine-tuned model -> GeoTIFF (COG)"),
+    "view": ("geofm.viz.view_cli", "a local web map of predictions and inputs (MapLibre, offline)"),
     "evaluate-imputation": ("geofm.tasks.evaluate_imputation_cli",
                             "score a gap filler vs linear / nearest interpolation on fixed real cloud masks"),
 }

@@ -124,7 +124,7 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if "://" in str(p):
-            raise DataError(f"'{p}' is a URL: geofm view serves local files only")
+            raise DataError(f"PATH '{p}' is a URL: geofm view serves local files only")
         path = Path(p)
         if path.is_dir():
             for f in sorted(path.rglob("*")):
@@ -135,10 +135,10 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
                     out.append(f.resolve())
         elif path.is_file():
             if path.suffix.lower() not in (".tif", ".tiff"):
-                raise DataError(f"'{p}' is not a GeoTIFF (.tif or .tiff)")
+                raise DataError(f"PATH '{p}' is not a GeoTIFF (expected .tif or .tiff)")
             out.append(path.resolve())
         else:
-            raise DataError(f"'{p}' does not exist")
+            raise DataError(f"PATH '{p}' does not exist")
     seen: set[Path] = set()
     return [f for f in out if not (f in seen or seen.add(f))]
 
@@ -155,7 +155,7 @@ def discover(paths: Sequence[str | os.PathLike]) -> list[Layer]:
     layers += _granule_layers([str(f) for f in hls_files])
     layers += _file_layers(others)
     if not layers:
-        raise DataError(f"no GeoTIFF to show in {[str(p) for p in paths]}")
+        raise DataError(f"PATH: no GeoTIFF to show in {[str(p) for p in paths]}")
     order = {"reflectance": 0, "fmask": 1, "imputed": 2, "raw": 3, "probabilities": 4, "classes": 5}
     layers.sort(key=lambda la: order[la.kind])
     used: set[str] = set()

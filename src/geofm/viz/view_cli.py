@@ -1,0 +1,55 @@
+"""``geofm view PATHS... [--port 8765] [--host 127.0.0.1] [--open] [--basemap URL]``: a local web map."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="GeoTIFFs (geofm predict outputs, HLS band files, stacked GeoTIFFs) or folders of them "
+                        "(e.g. a geofm demo output folder)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; another one shows the layers to "
+                        "every machine that reaches it)")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    p.add_argument("--basemap", metavar="URL",
+                   help="XYZ tile URL of a background map, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png "
+                        "(the page then requests tiles from that host; without it, nothing outside this server)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from geofm.errors import ConfigError
+
+    try:
+        from geofm.viz.server import ViewServer, check_basemap, is_loopback
+    except ImportError as e:
+        raise ConfigError(f"geofm view needs the viewer's packages ({e.name} is missing): "
+                          "pip install 'geofm[view]'") from e
+    from geofm.viz.layers import discover
+
+    check_basemap(args.basemap)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected 0..65535")
+    layers = discover(args.paths)
+    server = ViewServer(layers, host=args.host, port=args.port, basemap=args.basemap)
+    server.check_port()
+    if not is_loopback(args.host):
+        print(f"warning: --host {args.host} is not this machine's loopback address: every machine that reaches "
+              "it can see these layers", file=sys.stderr)
+    for la in layers:
+        dates = f", {len(la.dates)} dates" if len(la.dates) > 1 else ""
+        print(f"  {la.kind:<13} {la.name}{dates}  ({la.path})")
+    print(f"serving {len(layers)} layer(s) at {server.url}  (Ctrl-C to stop)", flush=True)
+    if args.open:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.0, webbrowser.open, args=(server.url,)).start()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
