@@ -191,6 +191,7 @@ def run_demo(out: str | Path, *, size: int = 600, chip: int = 64, pretrain_steps
         r = m["result"]
         echo(f"      {m['tif']} ({r.width}x{r.height} px, {m['crs']}, {r.tiles} tiles in {r.seconds:.1f} s) + {m['png']}")
     echo(f"done in {time.perf_counter() - t0:.0f} s; outputs in {out}")
+    echo(f"look at the maps: geofm view {out}")
     return results
 
 

@@ -90,6 +90,7 @@ class Layer:
     bounds: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # W, S, E, N (EPSG:4326)
     minzoom: int = 0
     maxzoom: int = 24
+    predicted: bool = False  # written by geofm predict (a geofm_output tag)
     _stretch: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -157,7 +158,7 @@ def discover(paths: Sequence[str | os.PathLike]) -> list[Layer]:
     if not layers:
         raise DataError(f"PATH: no GeoTIFF to show in {[str(p) for p in paths]}")
     order = {"reflectance": 0, "fmask": 1, "imputed": 2, "raw": 3, "probabilities": 4, "classes": 5}
-    layers.sort(key=lambda la: order[la.kind])
+    layers.sort(key=lambda la: (order[la.kind], la.predicted))  # predictions above other class maps
     used: set[str] = set()
     for la in layers:
         la.id = _unique_id(la.id, used)
@@ -274,6 +275,7 @@ def _file_layers(files: list[Path]) -> list[Layer]:
         integer = np.issubdtype(np.dtype(dtype), np.integer)
         if kind == "classes" or (kind is None and count == 1 and integer and ("classes" in tags or table)):
             layers.append(_class_layer(f, name, tags, table, nodata))
+            layers[-1].predicted = kind == "classes"
         elif kind == "probabilities":
             names = [d[2:] if d.startswith("p_") else (d or f"class_{i}") for i, d in enumerate(descriptions)]
             layers.append(Layer(name, name, "probabilities", path, [Frame(path)], names, nodata=nodata,

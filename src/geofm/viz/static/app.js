@@ -188,6 +188,8 @@
       container: "map-b", style: baseStyle(), center: map.getCenter(), zoom: map.getZoom(),
       interactive: false, attributionControl: false, fadeDuration: 0,
     });
+    window.__geofmSwipeIdle = false;
+    mapB.on("idle", () => { if (mapB.getLayer(swipe.right)) window.__geofmSwipeIdle = true; });
     mapB.on("load", () => {
       addLayer(mapB, layers.find((l) => l.id === swipe.right));
       applyVisibility();
