@@ -98,10 +98,13 @@ class Page:
 
 
 def keep(png: Path) -> None:
+    """Copy the screenshot to ``$GEOFM_VIEW_SCREENSHOT`` (when set) as a small palette PNG."""
+    from PIL import Image
+
     target = os.environ.get("GEOFM_VIEW_SCREENSHOT")
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, target)
+        Image.open(png).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(target, optimize=True)
 
 
 def test_page_draws_the_class_map_offline_without_errors(browser, view_server, view_data, tmp_path):

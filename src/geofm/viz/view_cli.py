@@ -20,30 +20,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(the page then requests tiles from that host; without it, nothing outside this server)")
 
 
-def run(args: argparse.Namespace) -> int:
+def check_installed() -> None:
+    """:class:`~geofm.errors.ConfigError` unless the viewer's packages (``geofm[view]``) are installed."""
+    import importlib.util
+
     from geofm.errors import ConfigError
 
-    try:
-        from geofm.viz.server import ViewServer, check_basemap, is_loopback
-    except ImportError as e:
-        raise ConfigError(f"geofm view needs the viewer's packages ({e.name} is missing): "
-                          "pip install 'geofm[view]'") from e
-    from geofm.viz.layers import discover
+    missing = [m for m in ("rio_tiler", "starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"the viewer needs {', '.join(missing)}: pip install 'geofm[view]'")
 
-    check_basemap(args.basemap)
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: expected 0..65535")
-    layers = discover(args.paths)
-    server = ViewServer(layers, host=args.host, port=args.port, basemap=args.basemap)
+
+def view(paths, *, port: int = 8765, host: str = "127.0.0.1", open_browser: bool = False,
+         basemap: str | None = None) -> int:
+    """Serve ``paths`` until Ctrl-C, printing the layers and the address (and opening it if asked)."""
+    from geofm.errors import ConfigError
+
+    check_installed()
+    from geofm.viz.layers import discover
+    from geofm.viz.server import ViewServer, check_basemap, is_loopback
+
+    check_basemap(basemap)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected 0..65535")
+    layers = discover(paths)
+    server = ViewServer(layers, host=host, port=port, basemap=basemap)
     server.check_port()
-    if not is_loopback(args.host):
-        print(f"warning: --host {args.host} is not this machine's loopback address: every machine that reaches "
+    if not is_loopback(host):
+        print(f"warning: --host {host} is not this machine's loopback address: every machine that reaches "
               "it can see these layers", file=sys.stderr)
     for la in layers:
         dates = f", {len(la.dates)} dates" if len(la.dates) > 1 else ""
         print(f"  {la.kind:<13} {la.name}{dates}  ({la.path})")
     print(f"serving {len(layers)} layer(s) at {server.url}  (Ctrl-C to stop)", flush=True)
-    if args.open:
+    if open_browser:
         import threading
         import webbrowser
 
@@ -53,3 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return view(args.paths, port=args.port, host=args.host, open_browser=args.open, basemap=args.basemap)
