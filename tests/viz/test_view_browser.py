@@ -104,7 +104,8 @@ def keep(png: Path) -> None:
     target = os.environ.get("GEOFM_VIEW_SCREENSHOT")
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Image.open(png).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(target, optimize=True)
+        small = Image.open(png).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+        small.save(target, optimize=True)
 
 
 def test_page_draws_the_class_map_offline_without_errors(browser, view_server, view_data, tmp_path):
