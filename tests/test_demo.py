@@ -60,4 +60,4 @@ def test_reduced_demo_writes_valid_outputs(tmp_path, sample_dir):
     assert {la.kind for la in layers.values()} == {"classes", "reflectance", "fmask"}
     assert [e["name"] for e in layers["flood_map_10SEG"].legend] == ["dry", "water"]
     assert [e["name"] for e in layers["landcover_10SEG"].legend] == ["vegetation", "bare", "water", "cropland"]
-    assert len(next(la for la in layers.values() if la.name.startswith("HLS T10SEG")).dates) == 3
+    assert len(next(la for la in layers.values() if la.name == "HLS T10SEG").dates) == 3

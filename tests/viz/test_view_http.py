@@ -245,3 +245,40 @@ def test_page_and_assets_are_served_from_the_packages(view_server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(view_server.url + "layers.json", data=b"x")  # POST
     assert e.value.code == 404
+
+
+def test_binds_loopback_and_warns_for_other_hosts(view_server, caplog):
+    from geofm.viz.server import ViewServer, is_loopback
+
+    assert view_server._server.servers[0].sockets[0].getsockname()[0] == "127.0.0.1"
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
+    with caplog.at_level("WARNING", logger="geofm.viz.server"):
+        ViewServer(view_server.layers, host="0.0.0.0", port=0)  # built, never started
+    assert "--host 0.0.0.0 is not a loopback address" in caplog.text
+
+
+def test_geofm_view_command_serves_until_interrupted(view_data):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "geofm.cli", "view", str(view_data["classes"]), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving"):
+                break
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/", lines[-1])
+        assert m and "classes" in lines[0] and "flood_map" in lines[0], lines
+        with urllib.request.urlopen(f"http://127.0.0.1:{m[1]}/layers.json", timeout=30) as r:
+            assert [la["kind"] for la in json.loads(r.read())] == ["classes"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+    assert rc == 0, proc.stderr.read()

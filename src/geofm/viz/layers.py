@@ -191,7 +191,7 @@ def _granule_layers(files: list[str]) -> list[Layer]:
         frs.sort(key=lambda f: f.datetime)
         folder = str(Path(frs[0].sources[0][0]).parent)
         refl = [Frame(_vrt([p for p, _ in f.sources]), 0, f.date_str) for f in frs]
-        layers.append(Layer(f"hls-t{tile}", f"HLS T{tile} ({len(frs)} dates)", "reflectance", folder, refl,
+        layers.append(Layer(f"hls-t{tile}", f"HLS T{tile}", "reflectance", folder, refl,
                             list(BAND_NAMES), nodata=HLS_NODATA))
         masks = [Frame(f.fmask[0], 0, f.date_str) for f in frs]
         layers.append(_fmask_layer(f"hls-t{tile}-fmask", f"HLS T{tile} Fmask", folder, masks))
@@ -308,10 +308,8 @@ def _file_layers(files: list[Path]) -> list[Layer]:
             date, f = items[0]
             layers.append(_stack_layer(f.stem, str(f), [Frame(str(f), 0, date)], grid[-1], None))
         else:
-            name = f"{Path(folder).name} ({len(items)} dates)"
             layers.append(_stack_layer(Path(folder).name, folder, [Frame(str(f), 0, d) for d, f in items],
                                        grid[-1], None))
-            layers[-1].name = name
     return layers
 
 

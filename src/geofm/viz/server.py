@@ -299,7 +299,7 @@ def check_basemap(url: str | None) -> str | None:
 
 
 class ViewServer:
-    """A uvicorn server of :func:`build_app` on ``host:port`` (port 0: a free one), in a thread or blocking.
+    """A uvicorn server of :func:`build_app` on ``host:port`` (port 0: a free one), run in a background thread.
 
     >>> srv = ViewServer(discover(["flood.tif"]), port=0).start()  # doctest: +SKIP
     >>> srv.url, srv.stop()  # doctest: +SKIP
@@ -315,7 +315,8 @@ class ViewServer:
         self.host, self.port = host, int(port)
         self.basemap = check_basemap(basemap)
         if not is_loopback(host):
-            log.warning("serving on %s: every machine that reaches it can see these layers", host)
+            log.warning("--host %s is not a loopback address: every machine that reaches it can see these layers",
+                        host)
         self.app = build_app(self.layers, self.basemap)
         config = uvicorn.Config(self.app, host=host, port=self.port, log_level="warning", access_log=False,
                                 lifespan="off")
@@ -352,10 +353,15 @@ class ViewServer:
         log.info("serving %d layer(s) at %s", len(self.layers), self.url)
         return self
 
-    def run(self) -> None:
-        """Serve in this thread until interrupted (Ctrl-C)."""
-        self.check_port()
-        self._server.run()
+    def wait(self) -> None:
+        """Block until the server stops; Ctrl-C (KeyboardInterrupt) stops it."""
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(timeout=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         self._server.should_exit = True

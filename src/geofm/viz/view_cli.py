@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,30 +37,22 @@ def view(paths, *, port: int = 8765, host: str = "127.0.0.1", open_browser: bool
 
     check_installed()
     from geofm.viz.layers import discover
-    from geofm.viz.server import ViewServer, check_basemap, is_loopback
+    from geofm.viz.server import ViewServer, check_basemap
 
     check_basemap(basemap)
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 0..65535")
     layers = discover(paths)
-    server = ViewServer(layers, host=host, port=port, basemap=basemap)
-    server.check_port()
-    if not is_loopback(host):
-        print(f"warning: --host {host} is not this machine's loopback address: every machine that reaches "
-              "it can see these layers", file=sys.stderr)
+    server = ViewServer(layers, host=host, port=port, basemap=basemap).start()
     for la in layers:
         dates = f", {len(la.dates)} dates" if len(la.dates) > 1 else ""
         print(f"  {la.kind:<13} {la.name}{dates}  ({la.path})")
     print(f"serving {len(layers)} layer(s) at {server.url}  (Ctrl-C to stop)", flush=True)
     if open_browser:
-        import threading
         import webbrowser
 
-        threading.Timer(1.0, webbrowser.open, args=(server.url,)).start()
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        webbrowser.open(server.url)
+    server.wait()
     return 0
 
 
