@@ -7,8 +7,8 @@ A layer's **kind** comes from the file's own tags and names, never from the requ
   default palette (:mod:`geofm.viz.palette`); legend names from the ``classes`` tag.
 - ``probabilities``: ``geofm_output=probabilities``, one band per class (descriptions ``p_<name>``),
   drawn one band at a time on a colour ramp (``viridis``, 0 -> 1).
-- ``reflectance``: inputs. HLS band files are grouped per granule (the six model bands in one
-  virtual raster) and per MGRS tile (one layer, one date per granule, sorted); a stacked GeoTIFF of
+- ``reflectance``: inputs. HLS band files are grouped per granule (each band file read
+  with its own overviews) and per MGRS tile (one layer, one date per granule, sorted); a stacked GeoTIFF of
   6 x T bands is T frames of the model bands (Blue, Green, Red, NIR, SWIR1, SWIR2), a 13-band one a
   Sentinel-2 L1C stack, any other one of 3 bands or more has Red, Green, Blue in bands 3, 2, 1.
   Single-date stacks in one folder on one grid, dated by their names, are one layer of several dates.
@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import threading
-import xml.sax.saxutils
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,11 +63,12 @@ STRETCH_MAX_SIZE = 512  # px: side of the decimated read the stretch is computed
 
 @dataclass
 class Frame:
-    """One date of a layer: the raster to open (a path or a VRT document) and its first band (0-based)."""
+    """One date of a layer: the raster and its first band (0-based), or one file per band (HLS granules)."""
 
     source: str
     offset: int = 0
     date: str = ""
+    band_files: list[str] | None = None  # one one-band file per layer band (each read with its own overviews)
 
 
 @dataclass
@@ -102,6 +102,13 @@ class Layer:
         """1-based raster band of the layer's band ``b`` (0-based) in frame ``t``."""
         pos = self.band_map[b] if self.band_map else b
         return self.frames[t].offset + pos + 1
+
+    def reads(self, t: int, bands: Sequence[int]) -> list[tuple[str, list[int]]]:
+        """(file, 1-based bands) to read for the layer's ``bands`` (0-based) of frame ``t``, in order."""
+        fr = self.frames[t]
+        if fr.band_files:
+            return [(fr.band_files[b], [1]) for b in bands]
+        return [(fr.source, [self.band_index(t, b) for b in bands])]
 
     def describe(self) -> dict:
         """The layer's entry in ``/layers.json``."""
@@ -190,7 +197,7 @@ def _granule_layers(files: list[str]) -> list[Layer]:
     for tile, frs in sorted(by_tile.items()):
         frs.sort(key=lambda f: f.datetime)
         folder = str(Path(frs[0].sources[0][0]).parent)
-        refl = [Frame(_vrt([p for p, _ in f.sources]), 0, f.date_str) for f in frs]
+        refl = [Frame(f.sources[0][0], 0, f.date_str, [p for p, _ in f.sources]) for f in frs]
         layers.append(Layer(f"hls-t{tile}", f"HLS T{tile}", "reflectance", folder, refl,
                             list(BAND_NAMES), nodata=HLS_NODATA))
         masks = [Frame(f.fmask[0], 0, f.date_str) for f in frs]
@@ -206,28 +213,6 @@ def _fmask_layer(lid: str, name: str, path: str, frames: list[Frame]) -> Layer:
 
 def _rgb(color: str) -> tuple[int, int, int]:
     return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
-
-
-def _vrt(band_files: Sequence[str]) -> str:
-    """A VRT document stacking one-band files of one grid (GDAL uses the files' own overviews)."""
-    import rasterio
-
-    with rasterio.open(band_files[0]) as src:
-        w, h, crs, tr, dtype = src.width, src.height, src.crs, src.transform, src.dtypes[0]
-        nodata = src.nodata
-    gdal_type = {"int16": "Int16", "uint16": "UInt16", "uint8": "Byte", "float32": "Float32", "int32": "Int32",
-                 "uint32": "UInt32", "float64": "Float64"}[dtype]
-    esc = xml.sax.saxutils.escape
-    gt = ", ".join(repr(float(v)) for v in tr.to_gdal())
-    bands = []
-    for i, f in enumerate(band_files, start=1):
-        nd = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
-        bands.append(f'<VRTRasterBand dataType="{gdal_type}" band="{i}">{nd}<SimpleSource>'
-                     f'<SourceFilename relativeToVRT="0">{esc(str(f))}</SourceFilename><SourceBand>1</SourceBand>'
-                     f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
-                     f'<DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/></SimpleSource></VRTRasterBand>')
-    return (f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{esc(crs.to_wkt())}</SRS>'
-            f'<GeoTransform>{gt}</GeoTransform>{"".join(bands)}</VRTDataset>')
 
 
 def _frames_tag_dates(tag: str | None, count: int) -> list[str]:
@@ -373,9 +358,12 @@ def _percentile_stretch(layer: Layer, rgb: tuple[int, ...]) -> tuple[list[float]
     import rasterio
 
     samples: list[list[np.ndarray]] = [[] for _ in rgb]
-    for t, fr in enumerate(layer.frames):
-        with rasterio.open(fr.source) as src:
-            arr = _small_read(src, [layer.band_index(t, b) for b in rgb]).astype(np.float64)
+    for t in range(len(layer.frames)):
+        parts = []
+        for path, indexes in layer.reads(t, rgb):
+            with rasterio.open(path) as src:
+                parts.append(_small_read(src, indexes).astype(np.float64))
+        arr = np.concatenate(parts)
         ok = np.isfinite(arr).all(0)
         if layer.nodata is not None:
             ok &= (arr != layer.nodata).all(0)
@@ -402,7 +390,7 @@ def _georeference(layer: Layer) -> None:
     import rasterio
     from rio_tiler.io import Reader
 
-    with rasterio.open(layer.frames[0].source) as ds, Reader(None, dataset=ds) as r:
+    with rasterio.open(layer.reads(0, [0])[0][0]) as ds, Reader(None, dataset=ds) as r:
         if ds.crs is None:
             raise DataError(f"'{layer.path}' has no CRS: cannot place it on a map")
         layer.bounds = tuple(float(v) for v in r.get_geographic_bounds("EPSG:4326"))

@@ -13,8 +13,8 @@ HTTP API (see docs/view.md):
 
 Security: the server only knows the layers it was started with, by id; no request names a
 file or URL. Unknown ids and paths answer 404, malformed or unknown query parameters 400.
-A tile request reads one window of one raster (z <= 24, rio-tiler picks the overview); a point
-request reads one pixel per layer and date. It binds 127.0.0.1 unless told otherwise (and then
+A tile request reads one window (z <= 24, rio-tiler picks the overview) of one raster, or of each
+band file drawn for an HLS granule; a point request reads one pixel per layer, date and file. It binds 127.0.0.1 unless told otherwise (and then
 logs a warning: anyone who can reach that address sees the layers).
 """
 
@@ -124,11 +124,13 @@ def render_tile(layer: Layer, z: int, x: int, y: int, t: int = 0, bands: Sequenc
     from rio_tiler.io import Reader
     from rio_tiler.models import ImageData
 
-    indexes = [layer.band_index(t, b) for b in bands]
-    with rasterio.open(layer.frames[t].source) as ds, Reader(None, dataset=ds) as r:
-        if not r.tile_exists(x, y, z):
-            return None
-        img = r.tile(x, y, z, tilesize=TILE_SIZE, indexes=indexes)
+    parts = []
+    for path, indexes in layer.reads(t, bands):  # one file, or one per band (HLS granules): the same window
+        with rasterio.open(path) as ds, Reader(None, dataset=ds) as r:
+            if not r.tile_exists(x, y, z):
+                return None
+            parts.append(r.tile(x, y, z, tilesize=TILE_SIZE, indexes=indexes))
+    img = parts[0] if len(parts) == 1 else ImageData.create_from_list(parts)
     if layer.kind == "classes":
         return img.render(img_format="PNG", colormap=layer.colormap)
     if layer.kind == "fmask":
@@ -165,6 +167,7 @@ def point_values(layers: Sequence[Layer], lon: float, lat: float) -> dict:
     import rasterio
     from rio_tiler.errors import PointOutsideBounds
     from rio_tiler.io import Reader
+    from rio_tiler.models import PointData
 
     out = {}
     for la in layers:
@@ -173,11 +176,14 @@ def point_values(layers: Sequence[Layer], lon: float, lat: float) -> dict:
             continue
         values = []
         for t, fr in enumerate(la.frames):
-            with rasterio.open(fr.source) as ds, Reader(None, dataset=ds) as r:
-                try:
-                    pt = r.point(lon, lat, indexes=[la.band_index(t, b) for b in range(len(la.bands))])
-                except PointOutsideBounds:
-                    break
+            points = []
+            try:
+                for path, indexes in la.reads(t, range(len(la.bands))):
+                    with rasterio.open(path) as ds, Reader(None, dataset=ds) as r:
+                        points.append(r.point(lon, lat, indexes=indexes))
+            except PointOutsideBounds:
+                break
+            pt = points[0] if len(points) == 1 else PointData.create_from_list(points)
             arr = pt.array
             mask = np.ma.getmaskarray(arr)
             vals = {name: _value(arr.data[i], bool(mask[i])) for i, name in enumerate(la.bands)}
