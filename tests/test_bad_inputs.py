@@ -228,6 +228,12 @@ CASES = [
     Case("experiment-out-is-a-file", [*EXPERIMENT, "--out", "{file}"], ["--out", "afile.txt"], ["file"]),
     Case("experiment-bad-override-for-every-run", [*EXPERIMENT, "--out", "{new}", "data.label_fraction=2"],
          ["data.label_fraction", "2"], ["new"]),
+    # ------------------------------------------------------------------ view
+    Case("view-path-missing", ["view", "{ws}/missing_map.tif"], ["PATH", "missing_map.tif"], []),
+    Case("view-path-not-a-geotiff", ["view", "{file}"], ["PATH", "afile.txt", "GeoTIFF"], []),
+    Case("view-basemap-not-a-tile-url", ["view", "{hls}", "--basemap", "ftp://example.org/tiles"],
+         ["--basemap", "ftp://example.org/tiles"], []),
+    Case("view-port-out-of-range", ["view", "{hls}", "--port", "70000"], ["--port", "70000"], []),
 ]
 
 

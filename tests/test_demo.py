@@ -62,4 +62,13 @@ def test_reduced_demo_writes_valid_outputs(tmp_path, sample_dir):
         with rasterio.open(rm.mosaic) as m:
             assert m.crs.to_epsg() == 32610 and m.res == (1000.0, 1000.0)
         assert rm.catalog.is_file()
-    assert any(line.startswith("[8/8]") for line in lines) and lines[-1].startswith("done in")
+    assert any(line.startswith("[8/8]") for line in lines) and lines[-2].startswith("done in")
+    assert lines[-1] == f"look at the maps: geofm view {tmp_path}"
+    # the viewer finds every kind of map in the demo's folder, with colours and names from the files
+    from geofm.viz.layers import discover
+
+    layers = {la.name: la for la in discover([tmp_path])}
+    assert {la.kind for la in layers.values()} == {"classes", "reflectance", "fmask"}
+    assert [e["name"] for e in layers["flood_map_10SEG"].legend] == ["dry", "water"]
+    assert [e["name"] for e in layers["landcover_10SEG"].legend] == ["vegetation", "bare", "water", "cropland"]
+    assert len(next(la for la in layers.values() if la.name == "HLS T10SEG").dates) == 3

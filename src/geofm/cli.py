@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("geofm.infer.predict_cli", "predict a whole scene with a fine-tuned model -> GeoTIFF (COG)"),
     "map": ("geofm.infer.map_cli", "map a region and a season: many granules -> tiles on Dask -> mosaic + STAC"),
     "export-onnx": ("geofm.infer.export_onnx_cli", "export a segmentation model to ONNX (for ONNX Runtime)"),
+    "view": ("geofm.viz.view_cli", "a local web map of predictions and inputs (MapLibre, offline)"),
     "evaluate-imputation": ("geofm.tasks.evaluate_imputation_cli",
                             "score a gap filler vs linear / nearest interpolation on fixed real cloud masks"),
 }

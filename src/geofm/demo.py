@@ -220,6 +220,7 @@ def run_demo(out: str | Path, *, size: int = 600, chip: int = 64, pretrain_steps
     echo(f"      {rm.area_km2:,.0f} km² in {rm.seconds:.1f} s; mosaic {rm.mosaic} ({rm.crs}); catalog {rm.catalog}; "
          f"log {rm.log}")
     echo(f"done in {time.perf_counter() - t0:.0f} s; outputs in {out}")
+    echo(f"look at the maps: geofm view {out}")
     return results
 
 

@@ -104,13 +104,15 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
 
 # --------------------------------------------------------------------------- GeoTIFF
 def write_geotiff(path: str | os.PathLike, array, *, crs=None, transform=None, nodata: float | None = None,
-                  descriptions: list[str] | None = None, tags: dict[str, str] | None = None, **options) -> Path:
+                  descriptions: list[str] | None = None, tags: dict[str, str] | None = None,
+                  colormap: dict | None = None, **options) -> Path:
     """``array`` (bands, H, W) or (H, W) -> a GeoTIFF at ``path`` on the grid (``crs``, ``transform``),
     written atomically: the GeoTIFF writer of geofm for arrays held in memory (no ``crs`` / ``transform``: a
     file without georeferencing; rasters written window by window go through :func:`write_cog`).
 
     ``options`` are GDAL creation options as rasterio takes them (``compress="deflate"``,
-    ``tiled=True, blockxsize=256, blockysize=256``, ...); the data type is the array's.
+    ``tiled=True, blockxsize=256, blockysize=256``, ...); the data type is the array's. ``colormap``:
+    band 1's colour table ``{value: (r, g, b, a)}`` (8-bit class maps).
     """
     import numpy as np
     import rasterio
@@ -125,6 +127,8 @@ def write_geotiff(path: str | os.PathLike, array, *, crs=None, transform=None, n
             dst.set_band_description(i, d)
         if tags:
             dst.update_tags(**tags)
+        if colormap:
+            dst.write_colormap(1, colormap)
     return Path(path)
 
 

@@ -117,6 +117,10 @@ def test_class_map_geotiff_is_georeferenced_tiled_cog(tmp_path):
     assert profile["tiled"] and profile["blockxsize"] == 32 and profile["compress"] == "deflate"
     with rasterio.open(tmp_path / "cls.tif") as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        from geofm.viz import class_color
+
+        table = src.colormap(1)  # the default palette as the GDAL colour table, kept by the COG copy
+        assert [table[i][:3] for i in (0, 1)] == [class_color(0), class_color(1)] and class_color(0) != class_color(1)
     assert tags["geofm_output"] == "classes" and "wet" in tags["classes"] and desc == ("class",)
     expected = pred.single_pass(frames).argmax(0)
     hole = out[0] == 255

@@ -11,6 +11,7 @@ part of the tile as nodata, as on real S30 tiles at orbit edges.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int = 24) -> 
         return m
 
     return weights(h) @ coarse @ weights(w).T
+
+
+#: Names of the land-cover classes 0..3 of :func:`land_cover`.
+LAND_COVER_CLASSES = ("vegetation", "bare", "water", "cropland")
 
 
 def land_cover(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -137,10 +142,10 @@ def write_granule(out_dir: str | Path, tile: str, when: dt.datetime, size: int =
     return paths
 
 
-def _write(path: Path, arr: np.ndarray, profile: dict) -> Path:
+def _write(path: Path, arr: np.ndarray, profile: dict, tags: dict | None = None) -> Path:
     """``arr`` with ``profile``'s grid (crs, transform), nodata and creation options, as the profile's dtype."""
     options = {k: v for k, v in profile.items() if k not in ("driver", "width", "height", "count", "dtype")}
-    return write_geotiff(path, arr.astype(profile["dtype"], copy=False), **options)
+    return write_geotiff(path, arr.astype(profile["dtype"], copy=False), tags=tags, **options)
 
 
 def write_time_series(out_dir: str | Path, tile: str = "10SEG", dates: Sequence[str] = ("2020-03-15", "2020-06-20",
@@ -166,7 +171,8 @@ def write_landcover(path: str | Path, tile: str = "10SEG", size: int = 3660, see
     return _write(Path(path), cover, dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8",
                                           crs=f"EPSG:{epsg}", transform=from_origin(x0, y0, 30.0, 30.0),
                                           tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-                                          nodata=255))
+                                          nodata=255),
+                  tags={"classes": json.dumps(dict(enumerate(LAND_COVER_CLASSES)))})
 
 def write_series_from_image(image: str | Path, out_dir: str | Path, *, bands: Sequence[int] = (2, 3, 4, 5, 6, 7),
                             rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,

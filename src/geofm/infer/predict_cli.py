@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacked-fmask-band", type=int,
                    help="1-based Fmask band (HLS bits) of stacked GeoTIFF inputs; without it a sidecar X.Fmask.tif "
                         "beside X.tif is used. Imputation models need one or the other (or HLS granules)")
+    p.add_argument("--view", action="store_true",
+                   help="then show the result over its inputs in the local web map (geofm view) and open it")
     p.add_argument("--fmask-kind", choices=("hls", "cfmask"), default="hls",
                    help="what the cloud layer holds: HLS Fmask bits (default) or Landsat CFmask classes (0 clear, "
                         "1 water, 2 shadow, 3 snow, 4 cloud, 255 fill)")
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     precision = "fp32" if runtime == "onnxruntime" else resolve_precision(args.precision, args.device)
     print(f"runtime {runtime}, precision {precision}" + (" (auto)" if args.precision == "auto" and
                                                           runtime == "torch" else ""))
+    if args.view:
+        from geofm.viz.view_cli import check_installed
+
+        check_installed()
     bars: list = []  # created at the first batch, so that input errors print no empty bar
 
     def progress(done: int, total: int) -> None:
@@ -88,4 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quicklook:
         png = Path(args.out).with_suffix(".png") if args.quicklook is True else Path(args.quicklook)
         print(f"quicklook -> {png}")
+    if args.view:
+        from geofm.viz.view_cli import view
+
+        return view([str(i) for i in args.inputs] + [str(args.out)], open_browser=True)
     return 0

@@ -27,7 +27,8 @@ boundaries, so the result is bitwise identical to an uninterrupted run) and skip
 done. When every block is there, they are copied into a Cloud-Optimized GeoTIFF written
 under a temporary name and renamed onto ``out_path``; the parts are then removed.
 
-Outputs (:class:`OutputSpec`): ``classes`` (uint8 argmax, nodata 255), ``probabilities``
+Outputs (:class:`OutputSpec`): ``classes`` (uint8 argmax, nodata 255, a GDAL colour table of the
+default class palette, :mod:`geofm.viz.palette`), ``probabilities``
 (float32 in [0, 1], one band per class, nodata -1), ``reflectance`` (imputation: int16
 reflectance x10000, T x C bands frame-major, nodata -9999; pixels that are clear in a frame
 keep their input values, cloudy/shadow/nodata ones take the model's reconstruction) and
@@ -602,13 +603,16 @@ def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: O
     import rasterio
     from rasterio.windows import Window
 
+    from geofm.viz.palette import class_colormap  # GDAL colour tables: 8-bit class maps
+
+    colormap = class_colormap(output.channels) if output.kind == "classes" and output.dtype == "uint8" else None
     blocks = ((Window(0, r0, W, min(H, r0 + block) - r0), parts.load(r0, min(H, r0 + block)))
               for r0 in range(0, H, block))
     write_cog(out_path, blocks, width=W, height=H, count=output.count, dtype=output.dtype, crs=grid.crs,
               transform=rasterio.Affine(*grid.transform), nodata=output.nodata, block=block, compress=compress,
               overviews=overviews, resampling="nearest" if output.kind == "classes" else "average",
               descriptions=output.descriptions, tags={"geofm_output": output.kind, **output.tags, **(tags or {})},
-              staging=parts.dir / "staged.tif")
+              colormap=colormap, staging=parts.dir / "staged.tif")
 
 
 __all__ = ["AxisTiling", "MaskedPredictor", "OutputSpec", "Predictor", "SceneResult", "check_tiling",

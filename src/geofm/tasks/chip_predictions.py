@@ -10,6 +10,7 @@ and a quicklook masked input | reconstruction | target of the frame with most ga
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -19,16 +20,13 @@ from torch.utils.data import DataLoader
 
 from geofm.bands import HLS_NODATA, NORMALIZED_NODATA
 from geofm.io import write_geotiff
-from geofm.viz import rgb_stretch, save_panels, stretch_limits
+from geofm.viz import CLASS_PALETTE, class_colormap, rgb_stretch, save_panels, stretch_limits
 
 log = logging.getLogger(__name__)
 
 NODATA_CLASS = 255
-#: Colours (RGB 0..1) of class indices 0..12 in quicklooks; -1 (ignored) is black.
-PALETTE = np.array([[0.75, 0.68, 0.45], [0.10, 0.35, 0.85], [0.95, 0.75, 0.10], [0.20, 0.60, 0.20],
-                    [0.55, 0.25, 0.10], [0.55, 0.55, 0.55], [0.05, 0.20, 0.55], [0.85, 0.50, 0.70],
-                    [0.60, 0.85, 0.35], [0.85, 0.85, 0.65], [0.95, 0.95, 0.95], [0.70, 0.20, 0.20],
-                    [0.40, 0.30, 0.65]])
+#: Colours (RGB 0..1) of class indices in quicklooks (the default class palette); -1 (ignored) is black.
+PALETTE = CLASS_PALETTE / 255.0
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
@@ -55,6 +53,9 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
     loader = DataLoader(ds, batch_size=dm.eval_batch_size, shuffle=False, num_workers=0)
     mean, std = dm.description["mean"], dm.description["std"]
     segmentation = hasattr(task, "class_names")
+    if segmentation:
+        names = list(task.class_names)
+        class_tags = {"geofm_output": "classes", "classes": json.dumps(dict(enumerate(names)))}
     shown = 0
     for batch in loader:
         if segmentation:
@@ -70,7 +71,7 @@ def write_predictions(task, dm, out_dir: Path, quicklooks: int = 8) -> Path:
                 nodata = (image == np.float32(NORMALIZED_NODATA)).all(axis=(0, 1))
                 pred = np.where(nodata, NODATA_CLASS, preds[k]).astype(np.uint8)
                 write_geotiff(out_dir / f"{stem}_pred.tif", pred, crs=crs, transform=transform, nodata=NODATA_CLASS,
-                              compress="deflate")
+                              tags=class_tags, colormap=class_colormap(len(names)), compress="deflate")
                 if shown < quicklooks:
                     raw = _denorm(image, mean, std)[:, -1]
                     label = batch["mask"][k].numpy()
