@@ -1,8 +1,9 @@
 """Looking at geofm's outputs: PNG quicklooks, the class palette and the local web map viewer.
 
-``rgb_stretch`` / ``stretch_limits`` / ``save_panels`` make quicklooks (:mod:`geofm.viz.quicklook`);
-:func:`serve` starts ``geofm view``'s map server (:mod:`geofm.viz.server`, needs ``geofm[view]``),
-e.g. in a notebook::
+``rgb_stretch`` / ``stretch_limits`` / ``save_panels`` make quicklooks and ``save_figure`` saves every
+figure (:mod:`geofm.viz.quicklook`); ``palette`` holds the class colours; :func:`serve` starts ``geofm
+view``'s map server (:mod:`geofm.viz.server`, needs ``geofm[view]``; ``layers``: the layer kinds read from
+the files' tags; ``view_cli``: the command), e.g. in a notebook::
 
     srv = geofm.viz.serve(["outputs/demo"], port=0)  # a free port
     print(srv.url)
@@ -12,7 +13,7 @@ e.g. in a notebook::
 from __future__ import annotations
 
 from geofm.viz.palette import CLASS_PALETTE, class_color, class_colormap, hex_color
-from geofm.viz.quicklook import RGB_OF_MODEL_BANDS, rgb_stretch, save_panels, stretch_limits
+from geofm.viz.quicklook import RGB_OF_MODEL_BANDS, pyplot, rgb_stretch, save_figure, save_panels, stretch_limits
 
 
 def serve(paths, port: int = 8765, host: str = "127.0.0.1", basemap: str | None = None, start: bool = True):
@@ -22,5 +23,5 @@ def serve(paths, port: int = 8765, host: str = "127.0.0.1", basemap: str | None 
     return _serve(paths, port=port, host=host, basemap=basemap, start=start)
 
 
-__all__ = ["CLASS_PALETTE", "RGB_OF_MODEL_BANDS", "class_color", "class_colormap", "hex_color", "rgb_stretch",
-           "save_panels", "serve", "stretch_limits"]
+__all__ = ["CLASS_PALETTE", "RGB_OF_MODEL_BANDS", "class_color", "class_colormap", "hex_color", "pyplot",
+           "rgb_stretch", "save_figure", "save_panels", "serve", "stretch_limits"]
