@@ -97,6 +97,7 @@ def test_helpful_correction_is_kept(cloudy_series, tmp_path, capsys):
     out = tmp_path / "auto.tif"
     assert cli.main(["predict", "--checkpoint", str(ckpt), "--inputs", *files, "--out", str(out), "--tile", "32",
                      "--overlap", "8"]) == 0  # --correction auto is the default
+    assert "correction auto, model's fill per date: 2020-04-01: BLUE" in capsys.readouterr().out
     auto_err, tags, _ = fill_error(out, truth, cloud)
     kept = dict(v.split(": ") for v in tags["geofm_correction_bands"].split("; "))
     assert kept["2020-04-01"] == kept["2020-05-21"] == ",".join(MODEL_BANDS)  # helps on the first two dates

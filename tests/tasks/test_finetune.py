@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import torch
 
+from geofm import cli
 from geofm.data.datasets import sen1floods11
 from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops
 from geofm.errors import ConfigError, DataError
@@ -119,6 +120,20 @@ def test_imputation_fit_scores_baselines_and_predicts(tmp_path):
     model, info = load_finetuned(export)
     assert info.task == "imputation" and info.num_frames == 3 and info.patch_size == (1, 8, 8)
     assert model.residual == "linear"
+    # geofm evaluate-imputation on the real held-out Landsat dates 8, 48, 8 days apart: what geofm predict
+    # writes (--correction auto) is no worse than linear interpolation by day
+    images = REPO / "data" / "sample" / "landsat_p035r032" / "images"
+    irregular = [str(p) for d in ("2011206", "2011214", "2011262", "2011270") for p in images.glob(f"*{d}*/*.gtif")]
+    fmask = tmp_path / "cloud.tif"
+    with rasterio.open(fmask, "w", driver="GTiff", width=5, height=5, count=1, dtype="uint8") as dst:
+        dst.write(np.pad(np.full((3, 3), 2, np.uint8), 1)[None])  # a 3x3 cloud (HLS bit 1)
+    scores = tmp_path / "irregular.json"
+    assert cli.main(["evaluate-imputation", "--checkpoint", str(export), "--series", *irregular,
+                     "--stacked-fmask-band", "8", "--fmask-kind", "cfmask", "--masks", str(fmask), "--own-masks",
+                     "--stride", "1", "--correction", "auto", "--out", str(scores)]) == 0
+    s = json.loads(scores.read_text())
+    assert len(irregular) == 4 and s["pixels"] > 15
+    assert s["mae"] <= s["mae_linear"] + 1e-9 and s["ssim"] >= s["ssim_linear"] - 1e-9
     # the export reproduces the test scores (same fixed protocol)
     again = json.loads(run_finetune(cfg, "test").read_text())
     assert again["test/mae"] == pytest.approx(test["test/mae"], rel=1e-5)

@@ -91,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed an interrupted run at row {res.resumed_from_row}")
     print(f"predicted {res.width}x{res.height} px ({res.tiles} tiles) in {res.seconds:.1f} s "
           f"(model {res.model_seconds:.1f} s) -> {res.path}")
+    import rasterio
+
+    with rasterio.open(res.path) as src:
+        tags = src.tags()
+    if "geofm_correction" in tags:
+        print(f"correction {tags['geofm_correction']}, model's fill per date: {tags['geofm_correction_bands']} "
+              "(else linear interpolation by day; scores in the geofm_correction_* tags)")
     if args.quicklook:
         png = Path(args.out).with_suffix(".png") if args.quicklook is True else Path(args.quicklook)
         print(f"quicklook -> {png}")
