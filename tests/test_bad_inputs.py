@@ -170,6 +170,8 @@ CASES = [
     Case("map-out-holds-another-models-tiles", [*MAP, "--out", "{othermap}"], ["--out", "othermap", "another model"],
          ["othermap"]),
     Case("map-crs-unparsable", [*MAP, "--out", "{new}", "--crs", "EPSG:99999"], ["--crs", "EPSG:99999"], ["new"]),
+    Case("map-crs-geographic", [*MAP, "--out", "{new}", "--crs", "EPSG:4326"], ["--crs", "EPSG:4326", "projected"],
+         ["new"]),
     Case("map-frames-not-the-models", [*MAP, "--out", "{new}", "--frames", "2"], ["--frames 2", "3 frame(s)"],
          ["new"]),
     Case("map-workers-0", [*MAP[:4], "--out", "{new}", "--workers", "0"], ["--workers", "0"], ["new"]),

@@ -197,7 +197,11 @@ def default_crs(plans: Sequence[TilePlan]) -> str:
 
 
 def check_crs(crs: str | None) -> str | None:
-    """``--crs`` as given when it parses (EPSG:XXXX, a WKT or PROJ string); :class:`ConfigError` otherwise."""
+    """``--crs`` as given when it parses (EPSG:XXXX, a WKT or PROJ string) to a projected CRS (metres).
+
+    :class:`ConfigError` otherwise, before any work (a geographic CRS would make ``--resolution``
+    degrees).
+    """
     if crs is None:
         return None
     import rasterio
@@ -205,10 +209,12 @@ def check_crs(crs: str | None) -> str | None:
 
     try:
         with rasterio.Env():  # GDAL's messages go to rasterio's logger, not to stderr
-            CRS.from_user_input(crs)
+            parsed = CRS.from_user_input(crs)
     except Exception as e:  # noqa: BLE001  (CRSError, or rasterio's base class for PROJ failures)
         raise ConfigError(f"--crs '{crs}' is not a coordinate reference system (expected e.g. EPSG:32610, "
                           f"a WKT or a PROJ string): {e}") from None
+    if not parsed.is_projected:
+        raise ConfigError(f"--crs '{crs}' is not a projected CRS: expected metres, e.g. a UTM zone (EPSG:326zz)")
     return crs
 
 
