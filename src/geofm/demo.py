@@ -98,7 +98,6 @@ def step_predict(out: Path, export: Path, granules: Path) -> list[dict]:
 def step_map(out: Path, export: Path, scheduler: str | None, size: int = 128) -> dict:
     """Two tiles x two dates of coarse granules (``size`` px over 109.8 km) -> ``geofm map`` -> tiles + mosaic."""
     import datetime as dt
-    import importlib.util
 
     from geofm.data import synthetic
     from geofm.infer.region import map_region
@@ -109,10 +108,8 @@ def step_map(out: Path, export: Path, scheduler: str | None, size: int = 128) ->
             when = dt.datetime(2021, 6, 1 + 16 * k, 18, 49, 19)
             synthetic.write_granule(region, tile, when, size=size, seed=20 + 2 * i + k, cloud_cover=cloud,
                                     pixel_size=109_800 / size)
-    # TODO(i19): drop this guard once geofm.infer.mosaic (branch i19m) is merged
-    mosaic = importlib.util.find_spec("geofm.infer.mosaic") is not None
     res = map_region(export, [str(region)], out / "region_map", tile=64, overlap=16, resolution=1000.0,
-                     scheduler=scheduler, workers=2, mosaic=mosaic)
+                     scheduler=scheduler, workers=2)
     return {"result": res, "granules": region}
 
 

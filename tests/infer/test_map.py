@@ -2,14 +2,12 @@
 
 The granules are 96 px of 1143.75 m, so each covers its real 109.8 km tile and neighbours
 overlap as HLS tiles do (10SGG and 11SKB by ~80 km across the zone boundary). Tiles run with a
-tiny random segmentation export. The mosaic and catalog steps are checked where
-``geofm.infer.mosaic`` is installed; without it the runs use ``--no-mosaic``.
+tiny random segmentation export; the mosaic and catalog steps are checked too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -33,8 +31,6 @@ from geofm.models import build_segmentation_model, save_finetuned
 
 SIZE = 96
 PIXEL = 109_800 / SIZE
-MOSAIC = importlib.util.find_spec("geofm.infer.mosaic") is not None
-NO_MOSAIC = [] if MOSAIC else ["--no-mosaic"]
 # per tile: (date, product, cloud cover); 10SGF has too few dates and is skipped
 SEASON = [("2021-05-03", "S30", 0.3), ("2021-05-20", "L30", 0.0), ("2021-06-12", "S30", 0.1),
           ("2021-07-02", "S30", 0.05)]
@@ -81,8 +77,7 @@ def runs(lines: list[dict]) -> list[list[dict]]:
 def mapped(tmp_path_factory, granules, export):
     """One ``geofm map`` through the CLI with a LocalCluster of 2 workers: (out dir, stdout)."""
     out = tmp_path_factory.mktemp("map") / "out"
-    argv = ["map", "--checkpoint", str(export), str(granules), "--out", str(out), "--workers", "2", *OPTS,
-            *NO_MOSAIC]
+    argv = ["map", "--checkpoint", str(export), str(granules), "--out", str(out), "--workers", "2", *OPTS]
     proc = subprocess.run([sys.executable, "-m", "geofm.cli", *argv], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, GEOFM_PROGRESS="plain"))
     assert proc.returncode == 0, proc.stderr
@@ -155,7 +150,6 @@ def test_map_cli_tiles_equal_geofm_predict_and_log_every_tile(mapped, export, gr
             assert src.crs.to_epsg() == (32610 if name.startswith("T10") else 32611) and src.width == SIZE
 
 
-@pytest.mark.skipif(not MOSAIC, reason="geofm.infer.mosaic is not installed")
 def test_map_mosaic_and_catalog(mapped):
     """At each tile's centre (no other tile covers it) the mosaic holds the tile's value, reprojected nearest."""
     from pystac import read_file
@@ -184,7 +178,7 @@ def _run(argv: list[str], **kw) -> subprocess.Popen:
 def test_kill_9_mid_run_then_rerun_recomputes_no_finished_tile(mapped, granules, export, tmp_path):
     out = tmp_path / "out"
     argv = ["map", "--checkpoint", str(export), str(granules), "--out", str(out), "--workers", "1",
-            "--batch-size", "1", *OPTS[:4], *OPTS[6:], *NO_MOSAIC]
+            "--batch-size", "1", *OPTS[:4], *OPTS[6:]]
     proc = _run(argv, start_new_session=True)
     log_file = out / "map-log.jsonl"
     deadline = time.time() + 240
@@ -209,8 +203,7 @@ def test_kill_9_mid_run_then_rerun_recomputes_no_finished_tile(mapped, granules,
     for file_name in EXPECTED.values():
         assert (out / "tiles" / file_name).read_bytes() == (ref / "tiles" / file_name).read_bytes()
     assert not list((out / "tiles").glob(".*"))  # no part folder or temporary file left
-    if MOSAIC:
-        assert (out / "mosaic.tif").read_bytes() == (ref / "mosaic.tif").read_bytes()
+    assert (out / "mosaic.tif").read_bytes() == (ref / "mosaic.tif").read_bytes()
 
 
 def test_external_dask_cluster_gives_the_same_tiles_and_loads_the_model_once_per_worker(mapped, granules, export,
@@ -236,7 +229,7 @@ def test_external_dask_cluster_gives_the_same_tiles_and_loads_the_model_once_per
             client.wait_for_workers(2, timeout=60)
             out = tmp_path / "out"
             assert cli.main(["map", "--checkpoint", str(export), str(granules), "--out", str(out), "--scheduler",
-                             address, *OPTS, *NO_MOSAIC]) == 0
+                             address, *OPTS]) == 0
             loads = client.run(lambda: __import__("geofm.infer.region", fromlist=["x"]).MODEL_LOADS["count"])
         assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
         lines = [r for r in read_log(out) if r["outcome"] == "done"]
@@ -245,8 +238,7 @@ def test_external_dask_cluster_gives_the_same_tiles_and_loads_the_model_once_per
         ref, _ = mapped
         for file_name in EXPECTED.values():
             assert (out / "tiles" / file_name).read_bytes() == (ref / "tiles" / file_name).read_bytes()
-        if MOSAIC:
-            assert (out / "mosaic.tif").read_bytes() == (ref / "mosaic.tif").read_bytes()
+        assert (out / "mosaic.tif").read_bytes() == (ref / "mosaic.tif").read_bytes()
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -264,7 +256,7 @@ def test_a_truncated_band_file_fails_its_tile_only_and_the_rerun_finishes_it(gra
     good = victim.read_bytes()
     victim.write_bytes(good[: len(good) // 2])
     out = tmp_path / "out"
-    argv = ["map", "--checkpoint", str(export), str(src), "--out", str(out), "--scheduler", "sync", *OPTS, *NO_MOSAIC]
+    argv = ["map", "--checkpoint", str(export), str(src), "--out", str(out), "--scheduler", "sync", *OPTS]
     assert cli.main(argv) == 1
     printed = capsys.readouterr().out
     assert "FAILED T11SKB: cannot read band 1 of" in printed and "B04.tif" in printed

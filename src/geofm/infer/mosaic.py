@@ -164,14 +164,15 @@ def _densify(geom: dict, step: float = 0.01) -> dict:
 def check_crs(crs: str | CRS) -> CRS:
     """``crs`` (``"EPSG:32610"``, WKT, a :class:`rasterio.crs.CRS`) as a projected CRS; else
     :class:`ConfigError` naming ``--crs`` (call it before any work to validate the option)."""
+    import rasterio
     from rasterio.crs import CRS
-    from rasterio.errors import CRSError
 
     try:
-        out = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
-    except CRSError as e:
-        raise ConfigError(f"--crs '{crs}' is not a coordinate reference system (expected e.g. EPSG:32610): {e}") \
-            from e
+        with rasterio.Env():  # GDAL's messages go to rasterio's logger, not to stderr
+            out = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
+    except Exception as e:  # noqa: BLE001  (CRSError, or rasterio's base class for PROJ failures)
+        raise ConfigError(f"--crs '{crs}' is not a coordinate reference system (expected e.g. EPSG:32610, "
+                          f"a WKT or a PROJ string): {e}") from None
     if not out.is_projected:
         raise ConfigError(f"--crs '{crs}' is not a projected CRS: expected metres, e.g. a UTM zone (EPSG:326zz)")
     return out

@@ -196,28 +196,6 @@ def default_crs(plans: Sequence[TilePlan]) -> str:
     return min(area, key=order)
 
 
-def check_crs(crs: str | None) -> str | None:
-    """``--crs`` as given when it parses (EPSG:XXXX, a WKT or PROJ string) to a projected CRS (metres).
-
-    :class:`ConfigError` otherwise, before any work (a geographic CRS would make ``--resolution``
-    degrees).
-    """
-    if crs is None:
-        return None
-    import rasterio
-    from rasterio.crs import CRS
-
-    try:
-        with rasterio.Env():  # GDAL's messages go to rasterio's logger, not to stderr
-            parsed = CRS.from_user_input(crs)
-    except Exception as e:  # noqa: BLE001  (CRSError, or rasterio's base class for PROJ failures)
-        raise ConfigError(f"--crs '{crs}' is not a coordinate reference system (expected e.g. EPSG:32610, "
-                          f"a WKT or a PROJ string): {e}") from None
-    if not parsed.is_projected:
-        raise ConfigError(f"--crs '{crs}' is not a projected CRS: expected metres, e.g. a UTM zone (EPSG:326zz)")
-    return crs
-
-
 def _parse_day(text: str | None, option: str) -> dt.date | None:
     if text is None:
         return None
@@ -489,6 +467,7 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
     from geofm.data.ingest import IngestConfig, check_scheduler, discover_frames, expand_inputs, summarize_skipped
     from geofm.data.remote import stac
     from geofm.data.remote.stream import WorkerGdalOptions, apply_gdal_env, resolve_inputs, restore_env
+    from geofm.infer.mosaic import check_crs
     from geofm.infer.predict import check_device
 
     t_start = time.perf_counter()
@@ -498,7 +477,8 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
     start_d, end_d = _parse_day(start, "--start"), _parse_day(end, "--end")
     if start_d and end_d and end_d < start_d:
         raise ConfigError(f"--end {end_d} is before --start {start_d}")
-    check_crs(crs)
+    if crs is not None:
+        check_crs(crs)
     aoi_geom = stac.read_aoi(aoi) if isinstance(aoi, (str, os.PathLike)) else aoi
     check_device(device)
     check_out_dir(out_dir)
