@@ -132,6 +132,10 @@ def test_map_cli_tiles_equal_geofm_predict_and_log_every_tile(mapped, export, gr
     assert "skipped T10SGF: 2 date(s) in the window, the model takes 3" in stdout
     assert "5 tile(s): 4 predicted, 0 already done, 1 skipped, 0 failed" in stdout and "km²/s" in stdout
     assert "map: 4/4 tiles (100%)" in stdout
+    from geofm.infer.precision import resolve_precision
+
+    precision = resolve_precision("auto", "cpu")  # printed, resolved once for every tile, as geofm predict's
+    assert f"precision {precision} (auto)" in stdout
     lines = {r["tile"]: r for r in read_log(out)}
     assert lines["T10SGF"]["outcome"] == "skipped" and all(lines[t]["outcome"] == "done" for t in EXPECTED)
     # the model is loaded once per worker, never per task
@@ -148,6 +152,7 @@ def test_map_cli_tiles_equal_geofm_predict_and_log_every_tile(mapped, export, gr
         assert (out / "tiles" / file_name).read_bytes() == ref.read_bytes(), name
         with rasterio.open(ref) as src:
             assert src.crs.to_epsg() == (32610 if name.startswith("T10") else 32611) and src.width == SIZE
+            assert src.tags()["geofm_precision"] == precision
 
 
 def test_map_mosaic_and_catalog(mapped):

@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=32, help="px shared by neighbouring model tiles (blended)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda (one model per GPU worker) or cuda:N")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="number format of the transformer blocks' weights (auto: bf16 on CUDA and on CPUs with "
+                        "native bf16, else fp32; see docs/inference.md)")
+    p.add_argument("--view", action="store_true",
+                   help="then show the mosaic and tiles over their inputs in the local web map (geofm view)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT); 'sync' runs in this "
                                        "process (default: a LocalCluster)")
     p.add_argument("--no-mosaic", action="store_true",
@@ -33,8 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geofm.infer.precision import resolve_precision
+    from geofm.infer.predict import check_device
     from geofm.infer.region import map_region
     from geofm.progress import progress_bar
+
+    check_device(args.device)
+    precision = resolve_precision(args.precision, args.device)
+    print(f"precision {precision}" + (" (auto)" if args.precision == "auto" else ""))
+    if args.view:
+        from geofm.viz.view_cli import check_installed
+
+        check_installed()
 
     bars: list = []
     t0 = time.perf_counter()
@@ -56,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                      crs=args.crs, resolution=args.resolution, aoi=args.aoi, probabilities=args.probabilities,
                      tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
                      scheduler=args.scheduler, workers=args.workers, progress=progress,
-                     mosaic=not args.no_mosaic)
+                     mosaic=not args.no_mosaic, precision=precision)
     for bar in bars:
         bar.close()
     for t in res.skipped:
@@ -73,4 +88,10 @@ def run(args: argparse.Namespace) -> int:
               f"catalog -> {res.catalog}")
     elif res.failed:
         print(f"mosaic not written: rerun the same command to finish the {len(res.failed)} failed tile(s)")
-    return 1 if res.failed else 0
+    if res.failed:
+        return 1
+    if args.view:
+        from geofm.viz.view_cli import view
+
+        return view([str(res.out_dir)], open_browser=True)
+    return 0

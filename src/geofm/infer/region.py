@@ -315,7 +315,7 @@ def run_tile(job: dict) -> dict:
             frames = [frame_from_json(f) for f in job["frames"]]
             predict_checkpoint(job["checkpoint"], frames, job["path"], tile=job["tile_px"], overlap=job["overlap"],
                                batch_size=job["batch_size"], probabilities=job["probabilities"], device=device,
-                               block=job["block"], loaded=(model, info))
+                               block=job["block"], precision=job["precision"], loaded=(model, info))
         out.update(outcome="done")
     except GeofmError as e:
         out.update(outcome="failed", reason=str(e))
@@ -395,7 +395,7 @@ def map_settings(checkpoint: str, info, opts: dict) -> dict:
     """What makes a tile file: the model (its files' fingerprint) and the prediction options."""
     from geofm.infer.predict import _model_files, _run_id
 
-    keep = ("tile_px", "overlap", "batch_size", "probabilities", "block")
+    keep = ("tile_px", "overlap", "batch_size", "probabilities", "block", "precision")
     return {"checkpoint": str(Path(checkpoint).resolve()), "model": _run_id(_model_files(Path(checkpoint), info)),
             **{k: opts[k] for k in keep}}
 
@@ -450,7 +450,8 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
                crs: str | None = None, resolution: float = 30.0, aoi: str | os.PathLike | dict | None = None,
                probabilities: bool = False, tile: int | None = 224, overlap: int = 32, batch_size: int = 8,
                device: str = "cpu", scheduler: str | None = None, workers: int | None = None, block: int = 512,
-               progress: Callable[[int, int], None] | None = None, mosaic: bool = True) -> MapResult:
+               progress: Callable[[int, int], None] | None = None, mosaic: bool = True,
+               precision: str | None = "auto") -> MapResult:
     """Map a region: plan tiles, predict each on Dask into ``out_dir/tiles``, mosaic, catalog (see module doc).
 
     ``inputs``: HLS band files or folders, stacked GeoTIFFs, ``s3://``/``https://`` URLs, or ``geofm search``
@@ -462,12 +463,15 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
     ``device``/``block``: as :func:`~geofm.infer.predict.predict_checkpoint` (``tile=None``: the model's
     size). ``scheduler``: a Dask scheduler address, or ``"sync"`` to run in this process; otherwise a
     LocalCluster of ``workers`` processes (default: one per core, at most one per tile).
-    ``progress(done, total)`` is called as tiles finish. Nothing is written before every check passed.
+    ``progress(done, total)`` is called as tiles finish. ``precision``: the weights' number format
+    (:func:`~geofm.infer.precision.resolve_precision`: "auto" is resolved once, here, for ``device``, so
+    every tile of a map is made alike). Nothing is written before every check passed.
     """
     from geofm.data.ingest import IngestConfig, check_scheduler, discover_frames, expand_inputs, summarize_skipped
     from geofm.data.remote import stac
     from geofm.data.remote.stream import WorkerGdalOptions, apply_gdal_env, resolve_inputs, restore_env
     from geofm.infer.mosaic import check_crs
+    from geofm.infer.precision import resolve_precision
     from geofm.infer.predict import check_device
 
     t_start = time.perf_counter()
@@ -481,6 +485,7 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
         check_crs(crs)
     aoi_geom = stac.read_aoi(aoi) if isinstance(aoi, (str, os.PathLike)) else aoi
     check_device(device)
+    precision = resolve_precision(precision, device)
     check_out_dir(out_dir)
     check_scheduler(scheduler)
     model, info, _ = cached_model(checkpoint, device)
@@ -511,7 +516,7 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
             mosaic_crs = crs or default_crs(plans)
             external = scheduler not in (None, "sync")
             opts = dict(device=device, tile_px=tile, overlap=overlap, batch_size=batch_size,
-                        probabilities=probabilities, block=block,
+                        probabilities=probabilities, block=block, precision=precision,
                         gdal_options=WorkerGdalOptions(gdal_env) if gdal_env and external else None)
             settings = map_settings(checkpoint, info, opts)
             check_settings(out_dir, settings)
