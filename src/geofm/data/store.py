@@ -81,7 +81,7 @@ class Location:
                 if start is not None:
                     f.seek(start if start >= 0 else os.fstat(f.fileno()).st_size + start)
                     return f.read((end - start) if end is not None and start >= 0 else -1)
-                return f.read()
+                return f.read(use_threads=False)
         return self.fs().cat_file(self._key(rel), start=start, end=end)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -247,17 +247,29 @@ def table_to_bytes(table) -> bytes:
     return buf.getvalue()
 
 
-def read_metadata(store: str | os.PathLike | Location, storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """The store's chip table as ``{column: numpy array}`` (list columns become 2D arrays)."""
+def table_from_bytes(data: bytes):
+    """A Parquet file's bytes -> a :class:`pyarrow.Table`, decoded in this thread.
+
+    Not ``pq.read_table`` nor a threaded read: Arrow's pool threads then release readers that hold
+    the Python bytes after the call returns, and one that does so while the interpreter exits
+    aborts the process ("terminate called without an active exception").
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    with pq.ParquetFile(pa.BufferReader(data)) as f:
+        return f.read()
+
+
+def read_metadata(store: str | os.PathLike | Location, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """The store's chip table as ``{column: numpy array}`` (list columns become 2D arrays)."""
     loc = as_location(store, storage_options)
     if not loc.exists(METADATA):
         raise DataError(f"'{loc.url}' has no {METADATA}: the ingest did not finish (rerun it to resume)")
     import pyarrow as pa
 
     try:
-        table = pq.read_table(io.BytesIO(loc.read_bytes(METADATA)))
+        table = table_from_bytes(loc.read_bytes(METADATA))
     except pa.ArrowException as e:
         raise DataError(f"'{loc.url}/{METADATA}' is not a readable Parquet table (damaged? delete it and rerun "
                         f"the ingest to rebuild it from the task parts): {e}") from e

@@ -6,7 +6,6 @@ The whole flow: :mod:`geofm.data.ingest`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -233,10 +232,9 @@ def _run_task_reporting(store_url: str, storage_options: dict | None, plan: dict
 def consolidate(loc: store.Location) -> int:
     """Merge the metadata parts into ``metadata.parquet`` and mark the store complete."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     parts = [n for n in loc.listdir(store.PARTS) if n.endswith(".parquet")]
-    tables = [pq.read_table(io.BytesIO(loc.read_bytes(f"{store.PARTS}/{n}"))) for n in parts]
+    tables = [store.table_from_bytes(loc.read_bytes(f"{store.PARTS}/{n}")) for n in parts]
     table = pa.concat_tables(tables).sort_by("slot") if tables else _schema().empty_table()
     loc.write_bytes(store.METADATA, store.table_to_bytes(table))
     store.set_store_attrs(loc, complete=True, n_chips=table.num_rows)
