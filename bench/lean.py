@@ -89,7 +89,8 @@ def worker_export(args) -> dict:
     from geofm.infer.onnx_model import export_onnx
 
     t0 = time.perf_counter()
-    res = export_onnx(args.ckpt, args.out, size=TILE)
+    coords = None if args.coords is None else [c for c in args.coords.split(",") if c]
+    res = export_onnx(args.ckpt, args.out, size=TILE, coords=coords)
     return {"seconds": time.perf_counter() - t0, "max_rel_error": res["max_rel_error"], "mib": res["bytes"] / 2**20}
 
 
@@ -115,9 +116,11 @@ def worker_throughput(args) -> dict:
         bf16 = prepare_model(copy.deepcopy(fp32), "bf16")
         ort, _ = load_onnx(paths["onnx"])
         x = torch.randn(BATCH, 6, 1, TILE, TILE, generator=g)
-        coords = [torch.tensor([[[2020.0, 200.0]]]).expand(BATCH, -1, -1), torch.tensor([[38.8, -90.1]]).expand(
-            BATCH, -1)] if ort.inputs[1:] else []
-        tc, lc = (coords + [None, None])[:2]
+        given = {"temporal_coords": torch.tensor([[[2020.0, 200.0]]]).expand(BATCH, -1, -1),
+                 "location_coords": torch.tensor([[38.8, -90.1]]).expand(BATCH, -1)}
+        coords = [given[n] for n in ort.inputs[1:]]  # what the graph takes; torch gets the same
+        tc, lc = given["temporal_coords"] if "temporal_coords" in ort.inputs else None, \
+            given["location_coords"] if "location_coords" in ort.inputs else None
 
         def run_torch(m=None, x=x, tc=tc, lc=lc, model=None):
             with torch.inference_mode():
@@ -195,7 +198,7 @@ def main() -> None:
     p.add_argument("--workdir", default=str(REPO / "outputs" / "bench_lean"))
     p.add_argument("--worker", choices=["build100", "build300_geofm", "export", "throughput", "scene"],
                    help=argparse.SUPPRESS)
-    for name in ("ckpt", "out", "scene-tif", "variant", "models"):
+    for name in ("ckpt", "out", "scene-tif", "variant", "models", "coords"):
         p.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -221,11 +224,14 @@ def main() -> None:
         else:
             run_worker(sys.executable, "build300_geofm", ["--ckpt", str(ckpts["v2_300m_tl"])])
     exports = {}
+    onnx_files = {n: work / f"{n}.onnx" for n in ckpts}
+    onnx_files["v2_300m_tl"] = work / "v2_300m_tl_location.onnx"  # the scene has no date: location only, as torch
     for name, ckpt in ckpts.items():
-        onnx_file = work / f"{name}.onnx"
-        if not onnx_file.exists():
-            exports[name] = run_worker(sys.executable, "export", ["--ckpt", str(ckpt), "--out", str(onnx_file)])
-    models = {n: {"ckpt": str(c), "onnx": str(work / f"{n}.onnx")} for n, c in ckpts.items()}
+        if not onnx_files[name].exists():
+            coords = ["--coords", "location_coords"] if name == "v2_300m_tl" else []
+            exports[name] = run_worker(sys.executable, "export", ["--ckpt", str(ckpt), "--out",
+                                                                  str(onnx_files[name]), *coords])
+    models = {n: {"ckpt": str(c), "onnx": str(onnx_files[n])} for n, c in ckpts.items()}
     tp = run_worker(sys.executable, "throughput", [*threads, "--rounds", str(args.rounds), "--models",
                                                     json.dumps(models)])
     scene: dict[tuple[str, str], dict] = {}
@@ -236,7 +242,7 @@ def main() -> None:
                 ["--ckpt", str(ckpt), "--scene-npy", str(npy), "--out", str(work / "terratorch.npy"), "--lat",
                  str(lat), "--lon", str(lon), "--batch-size", str(BATCH), *threads], REPO / "bench" / "released.py")
         for variant in VARIANTS:
-            ck = work / f"{name}.onnx" if variant == "onnxruntime" else ckpt
+            ck = onnx_files[name] if variant == "onnxruntime" else ckpt
             scene[(name, variant)] = run_worker(
                 sys.executable, "scene", [*threads, "--ckpt", str(ck), "--scene-tif", str(tif), "--variant", variant,
                                           "--out", str(work / f"{name}_{variant}.tif")])

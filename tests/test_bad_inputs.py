@@ -194,6 +194,8 @@ CASES = [
          ["new.onnx"]),
     Case("export-onnx-imputation-model", ["export-onnx", "{mae_export}", "{new}.onnx"],
          ["imputation", "segmentation"], ["new.onnx"]),
+    Case("export-onnx-coords-the-model-lacks", ["export-onnx", "{export}", "{new}.onnx", "--coords", "temporal_coords"],
+         ["--coords", "temporal_coords", "no coordinates"], ["new.onnx"]),
     Case("export-onnx-checkpoint-missing", ["export-onnx", "{ws}/no_export", "{new}.onnx"], ["no_export"],
          ["new.onnx"]),
     # ------------------------------------------------------------------ pretrain

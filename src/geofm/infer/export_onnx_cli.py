@@ -15,10 +15,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "training size); the graph takes any multiple of the patch size")
 
 
+    p.add_argument("--coords", default=None,
+                   help="TL coordinate inputs to keep, comma-separated: temporal_coords, location_coords, or none "
+                        "(default: all the model uses; without temporal_coords the graph predicts as torch does "
+                        "for inputs without dates)")
+
+
 def run(args: argparse.Namespace) -> int:
     from geofm.infer.onnx_model import export_onnx
 
-    res = export_onnx(args.checkpoint, args.out, opset=args.opset, size=args.size)
+    coords = None if args.coords is None else [c for c in args.coords.split(",") if c and c != "none"]
+    res = export_onnx(args.checkpoint, args.out, opset=args.opset, size=args.size, coords=coords)
     print(f"exported {args.checkpoint} -> {res['path']} ({res['bytes'] / 2**20:.1f} MiB, opset {res['opset']}, "
           f"inputs {', '.join(res['inputs'])}; H, W multiples of {res['size_multiple']} px; checked with "
           f"onnx.checker; ONNX Runtime vs torch: max relative error {res['max_rel_error']:.1e})")

@@ -130,7 +130,7 @@ def example_inputs(info, inputs: list[str], height: int, width: int, batch: int 
 
 
 def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
-                size: int | None = None, check: bool = True) -> dict:
+                size: int | None = None, coords: list[str] | None = None, check: bool = True) -> dict:
     """Write a segmentation export or released fine-tune as an ONNX file (see the module docstring).
 
     ``size``: the H of the example input the graph is traced with (W = H + one multiple: distinct
@@ -139,6 +139,8 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, o
     ``onnx.checker`` and its logits compared with torch's (``check``) on the example and on another
     size and batch, before it is renamed onto ``out_path``. Returns a summary (inputs, opset, max
     relative error).
+    ``coords``: the TL inputs to keep (default: all the model uses); a graph without
+    ``temporal_coords`` predicts as torch does without dates (no temporal encoding).
     """
     from geofm.models.segmentation import load_finetuned
 
@@ -158,6 +160,12 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, o
         raise ConfigError(f"'{checkpoint}' is an {info.task} model: export-onnx takes segmentation models")
     model = model.float().eval()
     inputs = coords_inputs(model)
+    if coords is not None:
+        unknown = set(coords) - set(inputs)
+        if unknown:
+            raise ConfigError(f"--coords {','.join(sorted(unknown))}: the model '{checkpoint}' takes only "
+                              f"{', '.join(inputs) or 'no coordinates'}")
+        inputs = [c for c in inputs if c in coords]
     multiple = size_multiple(model, info)
     size = int(size or info.img_size)
     if size % multiple:
