@@ -70,12 +70,12 @@ def worker_build300_geofm(args) -> dict:
 
     _geofm_path()
     from geofm.models.released import save_released
-    from geofm.models.terratorch_prithvi import TerraTorchConfig, TerraTorchSegmenter
+    from geofm.models.released.terratorch_prithvi import TerraTorchConfig, TerraTorchSegmenter
     from released import model_args
 
     torch.manual_seed(0)
     model = TerraTorchSegmenter(TerraTorchConfig.from_model_args(model_args(24))).eval()
-    from geofm.models.segmentation import FinetunedInfo
+    from geofm.models.export import FinetunedInfo
     from released import MEAN, STD
 
     info = FinetunedInfo(task="segmentation", num_classes=2, class_names=None, in_chans=6, num_frames=1,

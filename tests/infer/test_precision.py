@@ -20,11 +20,11 @@ from geofm.infer.predict import imputation_predictor, segmentation_predictor
 from geofm.models import build_segmentation_model, create_model, load_finetuned, save_finetuned
 from geofm.models.imputer import Imputer
 from geofm.models.vit import Block
+from geofm.resources import sample_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from test_released import golden, write_v2  # noqa: E402  (the golden TerraTorch models and their writer)
 
-REPO = Path(__file__).resolve().parents[2]
 MEAN, STD = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
 #: the agreement the issue asks of bf16 against fp32
 MIN_CLASSES_EQUAL, MAX_PROB_DIFF = 0.995, 0.02
@@ -116,9 +116,9 @@ def test_bf16_imputation_error_changes_by_at_most_one_percent():
 @pytest.mark.slow
 def test_bf16_agrees_with_fp32_on_a_300m_model_on_a_real_chip():
     """Prithvi-EO-2.0-300M-TL + UperNet (random weights) on a 224 px crop of the real Sen1Floods11 S2 chip."""
-    from geofm.models.terratorch_prithvi import TerraTorchConfig, TerraTorchSegmenter
+    from geofm.models.released.terratorch_prithvi import TerraTorchConfig, TerraTorchSegmenter
 
-    chip = REPO / "data" / "sample" / "sen1floods11" / "S2Hand" / "Spain_7370579_S2Hand.tif"
+    chip = sample_dir() / "sen1floods11" / "S2Hand" / "Spain_7370579_S2Hand.tif"
     with rasterio.open(chip) as src:
         raw = src.read([2, 3, 4, 9, 12, 13], window=((0, 224), (0, 224))).astype(np.float32)  # B, G, R, NIR, SW1, SW2
     mean, std = raw.reshape(6, -1).mean(1), raw.reshape(6, -1).std(1) + 1e-6

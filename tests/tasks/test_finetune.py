@@ -16,7 +16,7 @@ from geofm.data.datasets import sen1floods11
 from geofm.data.datasets.synthetic_layouts import write_burn_scars, write_crops
 from geofm.errors import ConfigError, DataError
 from geofm.models import create_model, load_finetuned, save_pretrained
-from geofm.resources import configs_dir
+from geofm.resources import configs_dir, sample_dir
 from geofm.tasks import experiment
 from geofm.tasks.finetune import build_datamodule, build_task, load_finetune_config, run_finetune
 
@@ -122,7 +122,7 @@ def test_imputation_fit_scores_baselines_and_predicts(tmp_path):
     assert model.residual == "linear"
     # geofm evaluate-imputation on the real held-out Landsat dates 8, 48, 8 days apart: what geofm predict
     # writes (--correction auto) is no worse than linear interpolation by day
-    images = REPO / "data" / "sample" / "landsat_p035r032" / "images"
+    images = sample_dir() / "landsat_p035r032" / "images"
     irregular = [str(p) for d in ("2011206", "2011214", "2011262", "2011270") for p in images.glob(f"*{d}*/*.gtif")]
     fmask = tmp_path / "cloud.tif"
     with rasterio.open(fmask, "w", driver="GTiff", width=5, height=5, count=1, dtype="uint8") as dst:

@@ -142,7 +142,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, o
     ``coords``: the TL inputs to keep (default: all the model uses); a graph without
     ``temporal_coords`` predicts as torch does without dates (no temporal encoding).
     """
-    from geofm.models.segmentation import load_finetuned
+    from geofm.models.finetuned import load_finetuned
 
     from geofm.io import check_output_file
 
@@ -266,7 +266,7 @@ class OnnxSegmenter:
 
 def load_onnx(path: str | os.PathLike, device: str = "cpu"):
     """(:class:`OnnxSegmenter`, :class:`~geofm.models.segmentation.FinetunedInfo`) of a file of :func:`export_onnx`."""
-    from geofm.models.segmentation import FinetunedInfo
+    from geofm.models.export import FinetunedInfo
 
     path = Path(path)
     if not path.is_file():
