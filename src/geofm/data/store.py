@@ -81,7 +81,7 @@ class Location:
                 if start is not None:
                     f.seek(start if start >= 0 else os.fstat(f.fileno()).st_size + start)
                     return f.read((end - start) if end is not None and start >= 0 else -1)
-                return f.read(use_threads=False)
+                return f.read()
         return self.fs().cat_file(self._key(rel), start=start, end=end)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -257,8 +257,11 @@ def table_from_bytes(data: bytes):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(pa.BufferReader(data)) as f:
-        return f.read()
+    parquet = pq.ParquetFile(pa.BufferReader(data))
+    try:
+        return parquet.read(use_threads=False)
+    finally:
+        parquet.close()
 
 
 def read_metadata(store: str | os.PathLike | Location, storage_options: dict | None = None) -> dict[str, np.ndarray]:
