@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from geofm.bands import HLS_NODATA, MODEL_BANDS
-from geofm.data.hls import FMASK_BITS, FMASK_FILL, GRANULE_RE, group_granules
+from geofm.data.hls import FMASK_BITS, FMASK_FILL, GRANULE_RE, Grid, frame_grid, group_granules
 from geofm.errors import DataError
 from geofm.viz.palette import class_color, hex_color
 
@@ -190,18 +190,22 @@ def _granule_layers(files: list[str]) -> list[Layer]:
     for what, why in skipped:
         if not what.endswith(tuple(f".{a}.tif" for a in ("SAA", "SZA", "VAA", "VZA"))):
             log.warning("not shown: %s (%s)", what, why)
-    by_tile: dict[str, list] = {}
+    by_grid: dict[tuple[str, Grid], list] = {}  # a tile's granules on one grid (a time selector needs one grid)
     for fr in frames:
-        by_tile.setdefault(fr.tile, []).append(fr)
+        by_grid.setdefault((fr.tile, frame_grid(fr)), []).append(fr)
     layers = []
-    for tile, frs in sorted(by_tile.items()):
+    seen: dict[str, int] = {}
+    for (tile, _), frs in sorted(by_grid.items(), key=lambda kv: (kv[0][0], min(f.datetime for f in kv[1]))):
         frs.sort(key=lambda f: f.datetime)
         folder = str(Path(frs[0].sources[0][0]).parent)
+        seen[tile] = seen.get(tile, 0) + 1
+        suffix = "" if seen[tile] == 1 else f"-{seen[tile]}"  # the same tile on another grid
         refl = [Frame(f.sources[0][0], 0, f.date_str, [p for p, _ in f.sources]) for f in frs]
-        layers.append(Layer(f"hls-t{tile}", f"HLS T{tile}", "reflectance", folder, refl,
+        layers.append(Layer(f"hls-t{tile}{suffix}", f"HLS T{tile}{suffix}", "reflectance", folder, refl,
                             list(BAND_NAMES), nodata=HLS_NODATA))
         masks = [Frame(f.fmask[0], 0, f.date_str) for f in frs]
-        layers.append(_fmask_layer(f"hls-t{tile}-fmask", f"HLS T{tile} Fmask", folder, masks))
+        layers.append(_fmask_layer(f"hls-t{tile}{suffix}-fmask", f"HLS T{tile}{suffix} Fmask", folder,
+                                   masks))
     return layers
 
 
