@@ -52,6 +52,19 @@ def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
     return ok
 
 
+def close_dask(client, cluster=None) -> None:
+    """Close a Dask client (and the LocalCluster it was made for) without logging the connections that a
+    cluster stopped mid-work closes."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    finally:
+        logging.disable(previous)
+
+
 def check_accelerator(accelerator: str, option: str = "trainer.accelerator") -> None:
     """:class:`~geofm.errors.ConfigError` when ``accelerator`` asks for a GPU this machine or torch build lacks.
 

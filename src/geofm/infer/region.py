@@ -51,6 +51,7 @@ import numpy as np
 
 from geofm.data import hls
 from geofm.errors import ConfigError, DataError, GeofmError, OutputError
+from geofm.runtime import close_dask
 
 log = logging.getLogger(__name__)
 
@@ -627,14 +628,7 @@ def _run_jobs(jobs: list[dict], scheduler: str | None, workers: int | None):
             except Exception as e:  # noqa: BLE001 - KilledWorker, a worker lost: this tile failed, the others go on
                 yield {"tile": job["tile"], "outcome": "failed", "reason": f"{type(e).__name__}: {e}"}
     finally:
-        previous = logging.root.manager.disable
-        logging.disable(logging.CRITICAL)  # a cluster stopped mid-work logs closed connections: not news
-        try:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-        finally:
-            logging.disable(previous)
+        close_dask(client, cluster)
 
 
 def _gpu_or_cpu_count(device: str) -> int:

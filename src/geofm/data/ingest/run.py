@@ -31,6 +31,7 @@ from geofm.data.ingest.plan import (
 from geofm.data.ingest.task import _schema, run_task
 from geofm.errors import ConfigError, DataError, GeofmError
 from geofm.io import write_geotiff
+from geofm.runtime import close_dask
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +154,7 @@ def _run_tasks(loc, plan, todo, scheduler, n_workers, processes, progress, n_don
             if progress:
                 progress(n_done + len(results), total)
     finally:
-        previous = logging.root.manager.disable
-        logging.disable(logging.CRITICAL)  # a cluster stopped mid-work logs closed connections: not news
-        try:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-        finally:
-            logging.disable(previous)
+        close_dask(client, cluster)
     return results
 
 
