@@ -155,6 +155,20 @@ def test_map_cli_tiles_equal_geofm_predict_and_log_every_tile(mapped, export, gr
             assert src.tags()["geofm_precision"] == precision
 
 
+def test_the_viewer_shows_a_map_folder_with_the_inputs_its_catalog_names(mapped, granules):
+    """``geofm view DIR`` on a map folder: the mosaic, the tiles and the source granules of every tile."""
+    from geofm.viz.layers import discover
+
+    out, _ = mapped
+    layers = discover([out])
+    names = {la.name for la in layers}
+    assert {"mosaic", *(Path(f).stem for f in EXPECTED.values())} <= names
+    granule_layers = {la.name for la in layers if la.kind == "reflectance"}
+    assert granule_layers == {f"HLS {t}" for t in EXPECTED}  # the skipped tile's granules are no map input
+    by_name = {la.name: la for la in layers}
+    assert by_name["mosaic"].kind == "classes" and len(by_name["HLS T10SFG"].dates) == 3
+
+
 def test_map_mosaic_and_catalog(mapped):
     """At each tile's centre (no other tile covers it) the mosaic holds the tile's value, reprojected nearest."""
     from pystac import read_file

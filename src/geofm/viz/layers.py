@@ -128,7 +128,8 @@ class Layer:
 # --------------------------------------------------------------------------- discovery
 def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """GeoTIFFs of ``paths``: files as given, folders searched recursively (hidden folders and
-    Zarr stores skipped). :class:`DataError` for a path that does not exist or is not local."""
+    Zarr stores skipped; a ``geofm map`` folder adds the source granules its catalog names, see
+    :func:`map_inputs`). :class:`DataError` for a path that does not exist or is not local."""
     out: list[Path] = []
     for p in paths:
         if "://" in str(p):
@@ -141,6 +142,7 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
                     continue
                 if f.is_file() and f.suffix.lower() in (".tif", ".tiff"):
                     out.append(f.resolve())
+            out += map_inputs(path)
         elif path.is_file():
             if path.suffix.lower() not in (".tif", ".tiff"):
                 raise DataError(f"PATH '{p}' is not a GeoTIFF (expected .tif or .tiff)")
@@ -149,6 +151,29 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
             raise DataError(f"PATH '{p}' does not exist")
     seen: set[Path] = set()
     return [f for f in out if not (f in seen or seen.add(f))]
+
+
+def map_inputs(folder: Path) -> list[Path]:
+    """The local source granules of a ``geofm map`` output folder: the ``derived_from`` links of the items of its
+    STAC catalog (``items/*.json``) that name GeoTIFFs on this machine."""
+    import json
+
+    if not (folder / "catalog.json").is_file():
+        return []
+    found = []
+    for item in sorted((folder / "items").glob("*.json")):
+        try:
+            links = json.loads(item.read_text()).get("links", [])
+        except (OSError, ValueError) as e:
+            log.warning("not read: %s (%s)", item, e)
+            continue
+        for link in links:
+            href = str(link.get("href", ""))
+            if link.get("rel") == "derived_from" and "://" not in href and href.lower().endswith((".tif", ".tiff")):
+                f = (item.parent / href).resolve()
+                if f.is_file():
+                    found.append(f)
+    return found
 
 
 def discover(paths: Sequence[str | os.PathLike]) -> list[Layer]:
