@@ -50,7 +50,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -442,6 +442,63 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     ("cfmask": 0 clear, 1 water, 2 shadow, 3 snow, 4 cloud, 255 fill), converted to HLS bits.
     """
     t_start = time.perf_counter()
+    grid = _validate(frames, output, mean, std, tile, overlap, batch_size, block, nodata_fill, fmask_kind)
+    out_path = Path(out_path)
+    H, W = grid.height, grid.width
+    ty, tx = AxisTiling(H, tile, overlap), AxisTiling(W, tile, overlap)
+    opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, block=block, mean=list(mean), std=list(std),
+                pass_hidden=pass_hidden, cloud_bits=list(cloud_bits), run_id=run_id, fmask_kind=fmask_kind,
+                nodata_fill=None if nodata_fill is None else [float(v) for v in nodata_fill])
+    parts = _Parts(out_path, _signature(frames, grid, output, opts), resume)
+    done_row = parts.done_until(block, H)
+
+    # Restart at the first row of tiles touching the first missing row, on a batch boundary.
+    k0 = next((k for k in range(ty.count) if ty.origin(k) + tile > done_row), ty.count)
+    i0 = (k0 * tx.count // batch_size) * batch_size  # first tile (row-major) to predict
+    k_start = i0 // tx.count if done_row < H else ty.count
+    if done_row:
+        log.info("resuming %s: rows [0, %d) of %d done, restarting at tile row %d", out_path, done_row, H, k_start)
+
+    import rasterio
+
+    # GDAL's block cache (default 5 % of RAM) would keep every decoded block of the scene (0.5 GB
+    # for a 3-frame HLS tile); capped, a block shared by two strips is at worst decoded twice.
+    env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) << 20)
+    reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits, nodata_fill, fmask_kind)
+    blender = _Blender(parts, output, ty, tx, block, done_row, k_start, i0)
+    total = tx.count * ty.count
+    batch_sizes: list[int] = []
+    model_seconds = 0.0
+    tiles_done = i0
+    with env:
+        strips = _Prefetch(reader.read, range(k_start, ty.count), depth=1, threaded=prefetch)
+        try:
+            for batch in _tile_batches(strips, blender, tx, k_start, i0, batch_size):
+                y, seconds = _run_predictor(predictor, batch, pass_hidden, output.channels, tile)
+                model_seconds += seconds
+                blender.add(batch, y)
+                batch_sizes.append(len(batch))
+                tiles_done += len(batch)
+                blender.finish_ready_rows()
+                if progress is not None:
+                    progress(tiles_done, total)
+        finally:
+            strips.close()
+            reader.close()
+    if blender.next_k != ty.count:
+        raise RuntimeError(f"internal error: rows of tiles {blender.next_k}..{ty.count - 1} were not finished")
+    _assemble(parts, out_path, grid, frames[0], output, block, H, W, overviews, compress, tags)
+    parts.remove()
+    seconds = time.perf_counter() - t_start
+    log.info("predicted %s: %dx%d px, %d tiles in %.1f s (model %.1f s)", out_path, W, H, tiles_done - i0,
+             seconds, model_seconds)
+    return SceneResult(out_path, W, H, tiles_done - i0, batch_sizes, seconds, model_seconds, done_row)
+
+
+def _validate(frames: Sequence[Frame], output: OutputSpec, mean: Sequence[float], std: Sequence[float], tile: int,
+              overlap: int, batch_size: int, block: int, nodata_fill: Sequence[float] | None,
+              fmask_kind: str) -> Grid:
+    """The frames' common grid; :class:`DataError` / :class:`ConfigError` for inconsistent inputs or options."""
     if not frames:
         raise DataError("no input frames given")
     check_tiling(tile, overlap, batch_size)
@@ -451,7 +508,6 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
         raise ConfigError(f"fmask kind must be one of {list(FMASK_KINDS)}, got {fmask_kind!r}")
     if block < 16 or block % 16:
         raise ConfigError(f"block must be a positive multiple of 16, got {block}")
-    out_path = Path(out_path)
     grid = check_same_grid(frames)
     n_bands = {len(f.sources) for f in frames}
     if len(n_bands) != 1 or len(mean) != next(iter(n_bands)) or len(std) != len(mean):
@@ -460,65 +516,116 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
     if output.kind == "reflectance" and output.channels != len(frames) * len(mean):
         raise ConfigError(f"reflectance output expects {output.channels} channels, frames give "
                           f"{len(frames)} x {len(mean)}")
-    H, W = grid.height, grid.width
-    ty, tx = AxisTiling(H, tile, overlap), AxisTiling(W, tile, overlap)
-    nx, ny = tx.count, ty.count
-    width_p = W + tx.pad_before + tx.pad_after
-    total = nx * ny
     if nodata_fill is not None and len(nodata_fill) != len(mean):
         raise ConfigError(f"nodata_fill has {len(nodata_fill)} values, expected one per band ({len(mean)})")
-    opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, block=block, mean=list(mean), std=list(std),
-                pass_hidden=pass_hidden, cloud_bits=list(cloud_bits), run_id=run_id, fmask_kind=fmask_kind,
-                nodata_fill=None if nodata_fill is None else [float(v) for v in nodata_fill])
-    parts = _Parts(out_path, _signature(frames, grid, output, opts), resume)
-    done_row = parts.done_until(block, H)
+    return grid
 
-    # Restart at the first row of tiles touching the first missing row, on a batch boundary.
-    k0 = next((k for k in range(ny) if ty.origin(k) + tile > done_row), ny)
-    i0 = (k0 * nx // batch_size) * batch_size
-    k_start = i0 // nx if done_row < H else ny
-    if done_row:
-        log.info("resuming %s: rows [0, %d) of %d done, restarting at tile row %d", out_path, done_row, H, k_start)
 
-    import rasterio
+#: One tile to predict: (row of tiles k, column j, x (C, T, tile, tile) view, hidden (T, tile, tile) view or None).
+_Tile = tuple[int, int, np.ndarray, "np.ndarray | None"]
 
-    wy, wx = ramp_weights(tile, overlap), ramp_weights(tile, overlap)
-    w2 = wy[:, None] * wx[None, :]  # (tile, tile)
-    # GDAL's block cache (default 5 % of RAM) would keep every decoded block of the scene (0.5 GB
-    # for a 3-frame HLS tile); capped, a block shared by two strips is at worst decoded twice.
-    env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) << 20)
-    reader = _StripReader(frames, grid, ty, tx, mean, std, output, pass_hidden, cloud_bits, nodata_fill, fmask_kind)
-    expected = {k: nx for k in range(k_start, ny)}
-    if k_start < ny:
-        expected[k_start] = nx - (i0 - k_start * nx)
-    acc: dict[int, _Accumulator] = {}
-    inputs: dict[int, _Strip] = {}
-    pending = {"rows": [], "r0": done_row}  # finished rows not yet saved as a block
-    batch_sizes: list[int] = []
-    model_seconds = 0.0
-    next_k = k_start
-    tiles_done = i0
 
-    def emit(rows: np.ndarray, r0: int) -> None:
-        """Finished output rows [r0, r0 + h) -> part files of ``block`` rows."""
-        if r0 + rows.shape[1] <= done_row:
-            return
-        if r0 < done_row:
-            rows, r0 = rows[:, done_row - r0:], done_row
-        pending["rows"].append(rows)
-        buf_rows = sum(a.shape[1] for a in pending["rows"])
-        while buf_rows and (buf_rows >= block or pending["r0"] + buf_rows == H):
-            cat = np.concatenate(pending["rows"], axis=1) if len(pending["rows"]) > 1 else pending["rows"][0]
-            n = min(block, cat.shape[1])
-            parts.save(pending["r0"], np.ascontiguousarray(cat[:, :n]))
-            pending["rows"], pending["r0"] = ([cat[:, n:]] if cat.shape[1] > n else []), pending["r0"] + n
-            buf_rows -= n
+def _tile_batches(strips: Iterable[_Strip], blender: _Blender, tx: AxisTiling, k_start: int, i0: int,
+                  batch_size: int) -> Iterator[list[_Tile]]:
+    """Batches of ``batch_size`` tiles in row-major order from tile ``i0`` on (the last may be short).
 
-    def finish_row(k: int) -> None:
-        a, s = acc.pop(k), inputs.pop(k)
-        stride = ty.stride
+    Each strip is handed to ``blender`` before its first tile; batches may span two strips.
+    """
+    batch: list[_Tile] = []
+    for s in strips:
+        blender.add_strip(s)
+        j0 = (i0 - s.k * tx.count) if s.k == k_start else 0
+        for j in range(j0, tx.count):
+            xs = slice(j * tx.stride, j * tx.stride + tx.tile)
+            hid = s.hidden_padded[:, :, xs] if s.hidden_padded is not None else None
+            batch.append((s.k, j, s.x[:, :, :, xs], hid))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        s.x = s.hidden_padded = None  # pending tiles hold views; the rest can go
+    if batch:
+        yield batch
+
+
+def _run_predictor(predictor: Predictor | MaskedPredictor, batch: list[_Tile], pass_hidden: bool, channels: int,
+                   tile: int) -> tuple[np.ndarray, float]:
+    """(B, K, tile, tile) float32 predictions of a batch and the seconds spent in the predictor."""
+    x = torch.from_numpy(np.stack([b[2] for b in batch]))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if pass_hidden:
+            y = predictor(x, torch.from_numpy(np.stack([b[3] for b in batch])))
+        else:
+            y = predictor(x)
+    y = y.detach().float().cpu().numpy()
+    seconds = time.perf_counter() - t0
+    if y.shape != (len(batch), channels, tile, tile):
+        raise DataError(f"the predictor returned {y.shape}, expected {(len(batch), channels, tile, tile)}")
+    return y, seconds
+
+
+class _Blender:
+    """Blends predicted tiles into output rows and saves them as part files of ``block`` rows.
+
+    Each row of tiles k has an :class:`_Accumulator` (weighted sums over the strip, padded width)
+    and its input :class:`_Strip`. Row k is finished once all its expected tiles are added and
+    the rows before it are finished: its overlap with row k + 1 is carried over, the rows above
+    row k + 1's first tile are divided by their weights, finalized and buffered until a block
+    is complete. Output rows before ``done_row`` (already saved) are dropped.
+    """
+
+    def __init__(self, parts: _Parts, output: OutputSpec, ty: AxisTiling, tx: AxisTiling, block: int,
+                 done_row: int, k_start: int, i0: int):
+        self.parts, self.output, self.ty, self.tx, self.block = parts, output, ty, tx, block
+        self.done_row = done_row
+        w = ramp_weights(ty.tile, ty.overlap)
+        self.w2 = w[:, None] * w[None, :]  # (tile, tile)
+        self.width_p = tx.size + tx.pad_before + tx.pad_after
+        # tiles to add per row of tiles; the first row restarts at tile i0
+        self.expected = {k: tx.count for k in range(k_start, ty.count)}
+        if k_start < ty.count:
+            self.expected[k_start] = tx.count - (i0 - k_start * tx.count)
+        self.acc: dict[int, _Accumulator] = {}
+        self.inputs: dict[int, _Strip] = {}
+        self.pending: list[np.ndarray] = []  # finished output rows (count, h, W) not yet saved as a block
+        self.pending_r0 = done_row  # first scene row of ``pending``
+        self.next_k = k_start  # first row of tiles not finished
+
+    def add_strip(self, s: _Strip) -> None:
+        self.inputs[s.k] = s
+
+    def _accumulator(self, k: int) -> _Accumulator:
+        return self.acc.setdefault(k, _Accumulator(self.output.channels, self.ty.tile, self.width_p))
+
+    def add(self, batch: list[_Tile], y: np.ndarray) -> None:
+        """Add predictions y (B, K, tile, tile) of ``batch`` with the blending weights (NaN pixels get none)."""
+        tile, stride = self.tx.tile, self.tx.stride
+        for (k, j, _, _), yi in zip(batch, y):
+            a = self._accumulator(k)
+            xs = slice(j * stride, j * stride + tile)
+            w = self.w2
+            finite = np.isfinite(yi)
+            if not finite.all():
+                w = self.w2 * finite.all(axis=0)
+                yi = np.nan_to_num(yi, nan=0.0, posinf=0.0, neginf=0.0)
+            a.sum[:, :, xs] += yi * w
+            a.wsum[:, xs] += w
+            a.seen += 1
+
+    def finish_ready_rows(self) -> None:
+        """Finish the rows of tiles, in order, that have all their tiles and their input."""
+        ny = self.ty.count
+        while (self.next_k < ny and self.next_k in self.acc and self.acc[self.next_k].seen == self.expected[self.next_k]
+               and self.next_k in self.inputs):
+            self._finish_row(self.next_k)
+            self.next_k += 1
+
+    def _finish_row(self, k: int) -> None:
+        ty, tx, tile = self.ty, self.tx, self.ty.tile
+        H, W, ny, stride = ty.size, tx.size, ty.count, ty.stride
+        a, s = self.acc.pop(k), self.inputs.pop(k)
         if k + 1 < ny:  # carry the overlap rows to the next row of tiles
-            nxt = acc.setdefault(k + 1, _Accumulator(output.channels, tile, width_p))
+            nxt = self._accumulator(k + 1)
             nxt.sum[:, : tile - stride] += a.sum[:, stride:]
             nxt.wsum[: tile - stride] += a.wsum[stride:]
         y0 = ty.origin(k)
@@ -532,69 +639,24 @@ def predict_scene(frames: Sequence[Frame], predictor: Predictor | MaskedPredicto
             blended = a.sum[:, la:lb, cols] / wsum
         ia, ib = r0 - s.row0, r1 - s.row0
         invalid = s.invalid[ia:ib] | (wsum <= 0)
-        emit(output.finalize(blended, invalid, None if s.raw is None else s.raw[:, :, ia:ib],
-                             None if s.hidden is None else s.hidden[:, ia:ib]), r0)
+        self._emit(self.output.finalize(blended, invalid, None if s.raw is None else s.raw[:, :, ia:ib],
+                                        None if s.hidden is None else s.hidden[:, ia:ib]), r0)
 
-    def run_batch(batch: list[tuple[int, int, np.ndarray, np.ndarray | None]]) -> None:
-        nonlocal model_seconds, tiles_done, next_k
-        x = torch.from_numpy(np.stack([b[2] for b in batch]))
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            if pass_hidden:
-                y = predictor(x, torch.from_numpy(np.stack([b[3] for b in batch])))
-            else:
-                y = predictor(x)
-        y = y.detach().float().cpu().numpy()
-        model_seconds += time.perf_counter() - t0
-        if y.shape != (len(batch), output.channels, tile, tile):
-            raise DataError(f"the predictor returned {y.shape}, expected {(len(batch), output.channels, tile, tile)}")
-        for (k, j, _, _), yi in zip(batch, y):
-            a = acc.setdefault(k, _Accumulator(output.channels, tile, width_p))
-            xs = slice(j * tx.stride, j * tx.stride + tile)
-            w = w2
-            finite = np.isfinite(yi)
-            if not finite.all():
-                w = w2 * finite.all(axis=0)
-                yi = np.nan_to_num(yi, nan=0.0, posinf=0.0, neginf=0.0)
-            a.sum[:, :, xs] += yi * w
-            a.wsum[:, xs] += w
-            a.seen += 1
-        batch_sizes.append(len(batch))
-        tiles_done += len(batch)
-        while next_k < ny and next_k in acc and acc[next_k].seen == expected[next_k] and next_k in inputs:
-            finish_row(next_k)
-            next_k += 1
-        if progress is not None:
-            progress(tiles_done, total)
-
-    with env:
-        strips = _Prefetch(reader.read, range(k_start, ny), depth=1, threaded=prefetch)
-        try:
-            batch: list = []
-            for s in strips:
-                inputs[s.k] = s
-                j0 = (i0 - s.k * nx) if s.k == k_start else 0
-                for j in range(j0, nx):
-                    xs = slice(j * tx.stride, j * tx.stride + tile)
-                    hid = s.hidden_padded[:, :, xs] if s.hidden_padded is not None else None
-                    batch.append((s.k, j, s.x[:, :, :, xs], hid))
-                    if len(batch) == batch_size:
-                        run_batch(batch)
-                        batch = []
-                s.x = s.hidden_padded = None  # pending tiles hold views; the rest can go
-            if batch:
-                run_batch(batch)
-        finally:
-            strips.close()
-            reader.close()
-    if next_k != ny:
-        raise RuntimeError(f"internal error: rows of tiles {next_k}..{ny - 1} were not finished")
-    _assemble(parts, out_path, grid, frames[0], output, block, H, W, overviews, compress, tags)
-    parts.remove()
-    seconds = time.perf_counter() - t_start
-    log.info("predicted %s: %dx%d px, %d tiles in %.1f s (model %.1f s)", out_path, W, H, tiles_done - i0,
-             seconds, model_seconds)
-    return SceneResult(out_path, W, H, tiles_done - i0, batch_sizes, seconds, model_seconds, done_row)
+    def _emit(self, rows: np.ndarray, r0: int) -> None:
+        """Finished output rows (count, h, W) at [r0, r0 + h) -> part files of ``block`` rows."""
+        done_row, block, H = self.done_row, self.block, self.ty.size
+        if r0 + rows.shape[1] <= done_row:
+            return
+        if r0 < done_row:
+            rows, r0 = rows[:, done_row - r0:], done_row
+        self.pending.append(rows)
+        buf_rows = sum(a.shape[1] for a in self.pending)
+        while buf_rows and (buf_rows >= block or self.pending_r0 + buf_rows == H):
+            cat = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
+            n = min(block, cat.shape[1])
+            self.parts.save(self.pending_r0, np.ascontiguousarray(cat[:, :n]))
+            self.pending, self.pending_r0 = ([cat[:, n:]] if cat.shape[1] > n else []), self.pending_r0 + n
+            buf_rows -= n
 
 
 def _assemble(parts: _Parts, out_path: Path, grid: Grid, frame: Frame, output: OutputSpec, block: int, H: int,
