@@ -217,6 +217,8 @@ CASES = [
     Case("finetune-accelerator-gpu-without-gpu", [*FINETUNE, "trainer.accelerator=gpu"],
          ["trainer.accelerator=gpu"], ["new"]),
     Case("finetune-batch-size-0", [*FINETUNE, "data.batch_size=0"], ["data.batch_size", "0"], ["new"]),
+    Case("finetune-baseline-anchor-1", ["finetune", "--config", "finetune/tiny_imputation", "run_dir={new}",
+                                        "optim.baseline_anchor=1"], ["optim.baseline_anchor", "1"], ["new"]),
     Case("finetune-dataset-folder-missing", [*FINETUNE, "data.root={ws}/no_dataset"], ["data.root", "no_dataset"],
          ["new"]),
     Case("finetune-run-dir-is-a-file", [*FINETUNE[:-1], "run_dir={file}"], ["run_dir", "afile.txt"], ["file"]),

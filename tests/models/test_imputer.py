@@ -134,3 +134,38 @@ def test_tl_encoders_embed_the_dates_in_imputation():
         c, d = imputer(x, hidden, undated), imputer(x, hidden)
     assert not torch.allclose(a, b)  # the season reaches the encoder
     torch.testing.assert_close(c, d)  # no dates: no temporal embedding, equal spacing
+
+
+def test_residual_gate_scales_the_local_residual_correction_per_pixel():
+    """With the decoder at zero, the fill is baseline + sum over windows of gain x gate x local residual:
+    a closed gate gives the baseline whatever the gains, an open one the full gained residuals, and a
+    gate that reads the gap distances opens where the clear date is far and stays closed where it is near."""
+    from geofm.models.imputer import local_residual
+
+    torch.manual_seed(0)
+    imputer = Imputer(tiny(), residual="linear").eval()
+    x = torch.randn(1, 6, 3, 32, 32)
+    hidden = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    hidden[:, 1, 8:20, 8:20] = True
+    days = torch.tensor([[[2020.0, 100.0], [2020.0, 108.0], [2020.0, 156.0]]])  # 8 then 48 days
+    base, _ = temporal_baseline(x, hidden, days=day_numbers(days, 1, 3))
+    local = [local_residual(x, base, hidden, k) for k in Imputer.RESIDUAL_WINDOWS]
+    with torch.no_grad():
+        imputer.residual_gain.fill_(0.5 / Imputer.GAIN_SCALE)  # gain 0.5 per window
+        h = hidden.unsqueeze(1).expand_as(x)
+        imputer.residual_gate.bias.fill_(-10.0)  # closed
+        torch.testing.assert_close(imputer(x, hidden, days)[h], base[h])
+        imputer.residual_gate.bias.fill_(10.0)  # open
+        torch.testing.assert_close(imputer(x, hidden, days)[h], (base + 0.5 * local[0] + 0.5 * local[1])[h])
+        # gate of the first window from the distance before (input channel 3C): open for 48 days, shut for 8
+        c = x.shape[1]
+        imputer.residual_gate.bias.fill_(-10.0)
+        imputer.residual_gate.weight[:c, 3 * c] = 20.0 / (48 / Imputer.DAY_SCALE)
+        hidden_late = torch.zeros_like(hidden)
+        hidden_late[:, 2, 8:20, 8:20] = True  # the last date: 48 days after the clear one before
+        base_late, _ = temporal_baseline(x, hidden_late, days=day_numbers(days, 1, 3))
+        late = local_residual(x, base_late, hidden_late, Imputer.RESIDUAL_WINDOWS[0])
+        hl = hidden_late.unsqueeze(1).expand_as(x)
+        torch.testing.assert_close(imputer(x, hidden_late, days)[hl], (base_late + 0.5 * late)[hl], atol=1e-4,
+                                   rtol=1e-4)
+        torch.testing.assert_close(imputer(x, hidden, days)[h], base[h], atol=1e-4, rtol=1e-4)

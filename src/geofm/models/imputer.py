@@ -13,9 +13,13 @@ the leave-this-frame-out interpolation), how far the baseline misses around each
 the truth is known (:func:`local_residual`, the clear pixels of the same date, two window
 sizes), the gap mask and the distances (in days) to the clear observations before and after.
 Dates come as ``temporal_coords`` (B, T, 2) = (year, day of year), which TL encoders embed too.
-The correction of a hidden pixel is the MAE decoder's per-pixel prediction plus a learned
-per-band gain times each local residual; the decoder's last layer and the gains start at zero,
-so an untrained imputer returns exactly the baseline.
+The correction of a hidden pixel is the MAE decoder's per-pixel prediction plus, for each local
+residual, a learned per-band gain times a per-pixel gate in (0, 1) times the residual. The gate
+(:attr:`Imputer.residual_gate`, a per-pixel linear map and a sigmoid) reads the local residuals,
+how much the two window sizes disagree, the distances in days and the gap mask, so that the
+residual is trusted less where the surroundings say little about the hidden pixel. The
+decoder's last layer and the gains start at zero, so an untrained imputer returns exactly the
+baseline.
 
 ``residual="none"``: the paper's task. Patches whose hidden fraction exceeds
 ``patch_threshold`` are masked from the encoder, hidden pixels of visible patches are set to the
@@ -166,6 +170,9 @@ class Imputer(nn.Module):
     #: the distance inputs are days / DAY_SCALE, at most MAX_DAYS / DAY_SCALE (also where no clear date is)
     DAY_SCALE = 32.0
     MAX_DAYS = 128.0
+    #: the gate is sigmoid(GATE_SCALE * residual_gate(features)); its bias starts at GATE_BIAS (gate ~0.88)
+    GATE_SCALE = 10.0
+    GATE_BIAS = 0.2
 
     def __init__(self, mae: PrithviMAE, residual: str = "linear", patch_threshold: float = 0.0):
         super().__init__()
@@ -184,6 +191,10 @@ class Imputer(nn.Module):
             nn.init.zeros_(self.context_embed.proj.bias)
             nn.init.zeros_(mae.decoder.decoder_pred.weight)  # the correction head: untrained = baseline
             nn.init.zeros_(mae.decoder.decoder_pred.bias)
+            # gate inputs per pixel: local residuals (C each), |first - last residual| (C), distances (2), gap mask (1)
+            self.residual_gate = nn.Conv3d(cfg.in_chans * (n_res + 1) + 3, n_res * cfg.in_chans, 1)
+            nn.init.zeros_(self.residual_gate.weight)
+            nn.init.constant_(self.residual_gate.bias, self.GATE_BIAS)
 
     @property
     def encoder(self) -> nn.Module:
@@ -226,9 +237,11 @@ class Imputer(nn.Module):
         ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
         pred = self.mae.decoder(enc.norm(h), ids, grid, temporal_coords, location_coords)  # (B, L, u*p*q*C)
         correction = self.mae.unpatchify(pred, x.shape).to(x.dtype)
+        gate_in = torch.cat([*local, (local[0] - local[-1]).abs(), dist, hid.to(x.dtype)], dim=1)
+        gates = torch.sigmoid(self.GATE_SCALE * self.residual_gate(gate_in)).chunk(len(local), dim=1)  # (B, C, T, H, W)
         gains = self.GAIN_SCALE * self.residual_gain.view(len(local), -1)
-        for gain, r in zip(gains, local):
-            correction = correction + gain.view(1, -1, 1, 1, 1) * r
+        for gain, gate, r in zip(gains, gates, local):
+            correction = correction + gain.view(1, -1, 1, 1, 1) * gate * r
         return torch.where(hid, base + correction, x)
 
     def _reconstruct(self, x, hidden, temporal_coords, location_coords) -> torch.Tensor:

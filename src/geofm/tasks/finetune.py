@@ -151,7 +151,8 @@ def build_task(cfg: FinetuneConfig, dm):
 
         return ImputationTask({"name": m.name, "checkpoint": checkpoint, "residual": m.residual,
                                "patch_threshold": m.patch_threshold, **m.options},
-                              mean=dm.description["mean"], std=dm.description["std"], loss=o.loss, **optim)
+                              mean=dm.description["mean"], std=dm.description["std"], loss=o.loss,
+                              baseline_anchor=o.baseline_anchor, **optim)
     from geofm.tasks.segmentation import SegmentationTask
 
     neck_channels: Any = m.neck_channels

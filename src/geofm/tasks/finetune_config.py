@@ -101,6 +101,9 @@ class FinetuneOptimSection:
     strategy: Strategy = "full"
     loss: Literal["ce", "dice", "ce+dice", "l1", "l2"] = "ce"
     class_weights: list[float] | None = None
+    # imputation: weight of the fill's distance to the temporal baseline in the loss (the correction moves a
+    # pixel off the baseline only where more than (1 + w) / 2 of the training evidence agrees on the direction)
+    baseline_anchor: float = 0.0
     lr: float = 1e-4
     weight_decay: float = 0.05
     scheduler: Scheduler = "cosine"
@@ -180,6 +183,8 @@ def check_values(cfg: FinetuneConfig) -> None:
                           f"{d.val_fraction} + {d.test_fraction}")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if not 0.0 <= cfg.optim.baseline_anchor < 1.0:
+        raise ConfigError(f"optim.baseline_anchor must be in [0, 1), got {cfg.optim.baseline_anchor}")
     if d.dataset != "imputation":
         root = resolve_path(d.root)
         if root is None:
