@@ -117,6 +117,32 @@ def test_imputer_export_round_trip(tmp_path):
         torch.testing.assert_close(model(x, hidden), imputer(x, hidden))
 
 
+def test_an_export_from_before_the_gate_loads_with_the_gate_open(tmp_path):
+    """An imputer export without ``residual_gate`` tensors fills as it did: baseline + gain x local residuals."""
+    from safetensors.torch import load_file, save_file
+
+    from geofm.models.imputer import local_residual
+
+    torch.manual_seed(0)
+    imputer = Imputer(tiny(), residual="linear").eval()
+    with torch.no_grad():
+        imputer.residual_gain.copy_(torch.linspace(-0.05, 0.05, imputer.residual_gain.numel()))
+    folder = save_finetuned(imputer, tmp_path / "old", task="imputation", mean=[1000.0] * 6, std=[500.0] * 6,
+                            bands=MODEL_BANDS, img_size=32)
+    weights = folder / "model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("residual_gate.")}, weights)
+    model, _ = load_finetuned(folder)
+    x = torch.randn(1, 6, 3, 32, 32)
+    hidden = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    hidden[:, 1, 5:20, 3:25] = True
+    base, _ = temporal_baseline(x, hidden)
+    gains = Imputer.GAIN_SCALE * imputer.residual_gain.detach().view(len(Imputer.RESIDUAL_WINDOWS), 1, -1, 1, 1, 1)
+    old = base + sum(g * local_residual(x, base, hidden, k) for g, k in zip(gains, Imputer.RESIDUAL_WINDOWS))
+    h = hidden.unsqueeze(1).expand_as(x)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, hidden)[h], old[h])
+
+
 def test_tl_encoders_embed_the_dates_in_imputation():
     """A TL encoder gets (year, day of year) as temporal coordinates: two series with the same spacing in other
     seasons are filled differently; undated (NaN) samples give it none."""

@@ -116,6 +116,8 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
 def _load_checked(model: nn.Module, weights: Path, cfg_file: Path) -> None:
     """Load ``weights`` into ``model``; a CheckpointError lists missing/unexpected/misshapen tensors."""
     sd = load_safetensors(weights)
+    if hasattr(model, "checkpoint_filter"):
+        sd = model.checkpoint_filter(sd)
     check_keys(model.state_dict(), sd, f"'{weights}' does not fit the model described by '{cfg_file}'")
     model.load_state_dict(sd)
 

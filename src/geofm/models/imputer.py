@@ -196,6 +196,16 @@ class Imputer(nn.Module):
             nn.init.zeros_(self.residual_gate.weight)
             nn.init.constant_(self.residual_gate.bias, self.GATE_BIAS)
 
+    def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adapt an export from before :attr:`residual_gate` existed: its gate is fully open (exactly 1),
+        so the loaded imputer fills as that model did (gain times local residual)."""
+        if self.residual != "linear" or "residual_gate.weight" in state_dict or "residual_gain" not in state_dict:
+            return state_dict
+        out = dict(state_dict)
+        out["residual_gate.weight"] = torch.zeros_like(self.residual_gate.weight)
+        out["residual_gate.bias"] = torch.full_like(self.residual_gate.bias, 100.0 / self.GATE_SCALE)  # sigmoid(100) = 1
+        return out
+
     @property
     def encoder(self) -> nn.Module:
         return self.mae.encoder
