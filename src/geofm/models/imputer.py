@@ -203,7 +203,7 @@ class Imputer(nn.Module):
             return state_dict
         out = dict(state_dict)
         out["residual_gate.weight"] = torch.zeros_like(self.residual_gate.weight)
-        out["residual_gate.bias"] = torch.full_like(self.residual_gate.bias, 100.0 / self.GATE_SCALE)  # sigmoid(100) = 1
+        out["residual_gate.bias"] = torch.full_like(self.residual_gate.bias, 100.0 / self.GATE_SCALE)  # sigmoid(100)=1
         return out
 
     @property
