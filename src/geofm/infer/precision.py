@@ -88,6 +88,15 @@ def torch_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def weights_dtype(precision: str) -> torch.dtype | None:
+    """The dtype the transformer blocks' weights are read in for ``precision`` (None: as stored, fp32).
+
+    Passed to :func:`geofm.models.load_finetuned` (``block_dtype``), the weights are converted
+    while the checkpoint is read: the fp32 weights are never all in memory at once.
+    """
+    return None if precision == "fp32" else torch_dtype(precision)
+
+
 def _cast_inputs(module, args: tuple, kwargs: dict):
     dtype = module.inference_dtype
     cast = tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
@@ -145,4 +154,4 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
 
 
 __all__ = ["PRECISIONS", "agreement", "cpu_flags", "cpu_has_native_bf16", "default_precision", "prepare_model",
-           "resolve_precision", "torch_dtype"]
+           "resolve_precision", "torch_dtype", "weights_dtype"]
