@@ -18,6 +18,7 @@ from geofm.infer.precision import (BF16_CPU_FLAGS, agreement, cpu_flags, cpu_has
                                    resolve_precision)
 from geofm.infer.predict import imputation_predictor, segmentation_predictor
 from geofm.models import build_segmentation_model, create_model, load_finetuned, save_finetuned
+from geofm.models.checkpoints import low_precision_modules
 from geofm.models.imputer import Imputer
 from geofm.models.vit import Block
 from geofm.resources import sample_dir
@@ -96,8 +97,8 @@ def test_blocks_read_in_bf16_give_the_same_logits_as_converting_after_loading(tm
     _, _, t = golden(name)
     args = (t["__input__"], t.get("__temporal_coords__"), t.get("__location_coords__"))
     lean, _ = load_finetuned(path, block_dtype=torch.bfloat16)
-    blocks = {id(p) for m in lean.modules() if isinstance(m, Block) for p in m.parameters()}
-    assert blocks and all((p.dtype == torch.bfloat16) == (id(p) in blocks) for p in lean.parameters())
+    low = {id(p) for m in low_precision_modules(lean) for p in m.parameters()}
+    assert low and all((p.dtype == torch.bfloat16) == (id(p) in low) for p in lean.parameters())
     with torch.no_grad():
         after = prepare_model(load_finetuned(path)[0], "bf16")(*args)
         read = prepare_model(lean, "bf16")(*args)

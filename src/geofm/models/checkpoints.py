@@ -248,12 +248,25 @@ def own_tensors(sd: dict[str, torch.Tensor], dtype_of: dict[str, torch.dtype] | 
     return out
 
 
+def low_precision_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose weights take the low precision in bf16/fp16 inference, outermost only: the
+    transformer blocks (:class:`~geofm.models.vit.Block`) and the decoders whose class declares
+    ``low_precision = True`` (UperNet)."""
+    found: list[torch.nn.Module] = []
+    inside: set[int] = set()
+    for m in model.modules():
+        if id(m) not in inside and (isinstance(m, Block) or getattr(type(m), "low_precision", False)):
+            found.append(m)
+            inside.update(id(x) for x in m.modules())
+    return found
+
+
 def block_dtypes(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.dtype]:
-    """``{state-dict key: dtype}`` for every tensor of ``model``'s transformer blocks (:class:`~geofm.models.vit.Block`)."""
+    """``{state-dict key: dtype}`` for every tensor of the :func:`low_precision_modules` of ``model``."""
     if dtype is None or dtype == torch.float32:
         return {}
-    return {f"{name}.{key}": dtype for name, m in model.named_modules() if isinstance(m, Block)
-            for key in m.state_dict()}
+    low = {id(m) for m in low_precision_modules(model)}
+    return {f"{name}.{key}": dtype for name, m in model.named_modules() if id(m) in low for key in m.state_dict()}
 
 
 def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], layout: str, source: str, *,
