@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/lean.py                                  # 1024 x 1024 scene
     .venv/bin/python bench/lean.py --size 3660 --peer-python .peer-venv/bin/python
+    .venv/bin/python bench/lean.py --size 3660 --only v2_300m_tl --variants bf16   # the targets' rows
 
 Models (random weights): ``seg100m``, the Prithvi-EO-1.0-100M encoder + geofm's reference neck and FCN
 head (one frame, 2 classes, a geofm export); ``v2_300m_tl``, the Prithvi-EO-2.0-300M-TL + UperNet
@@ -17,7 +18,7 @@ Measured in one run:
 * chips/s: batches of 8 chips of 224 px through each variant (fp32, bf16 weights, ONNX Runtime) of
   each model in one process, rounds interleaved, best round kept.
 * scene: ``predict_checkpoint`` of the generated six-band scene (``bench/released.py``'s) per model
-  and variant, each in a fresh child process: wall seconds and peak RSS (``ru_maxrss``); for
+  and variant, each in a fresh child process: wall seconds and peak RSS (VmHWM); for
   ``v2_300m_tl`` also TerraTorch's ``tiled_inference`` fp32 on the peer's interpreter (same tiles,
   overlap, batches and threads); class-map agreement with fp32.
 """
@@ -28,7 +29,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -36,12 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+from model import peak_rss_mib  # noqa: E402  (bench/model.py)
 TILE, OVERLAP, BATCH = 224, 32, 8
 VARIANTS = ("fp32", "bf16", "onnxruntime")
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _geofm_path() -> None:
@@ -166,7 +163,7 @@ def worker_scene(args) -> dict:
     t0 = time.perf_counter()
     res = predict_checkpoint(args.ckpt, [args.scene_tif], args.out, tile=TILE, overlap=OVERLAP, batch_size=BATCH,
                              overviews=False, resume=False, **kw)
-    return {"seconds": time.perf_counter() - t0, "model_seconds": res.model_seconds, "peak_rss_mib": rss_mib(),
+    return {"seconds": time.perf_counter() - t0, "model_seconds": res.model_seconds, "peak_rss_mib": peak_rss_mib(),
             "tiles": res.tiles}
 
 
@@ -196,6 +193,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workdir", default=str(REPO / "outputs" / "bench_lean"))
+    p.add_argument("--only", default="seg100m,v2_300m_tl", help="models to run (comma-separated)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="scene variants to run besides fp32 (the baseline, always run); chips/s covers all")
     p.add_argument("--worker", choices=["build100", "build300_geofm", "export", "throughput", "scene"],
                    help=argparse.SUPPRESS)
     for name in ("ckpt", "out", "scene-tif", "variant", "models", "coords"):
@@ -215,14 +215,19 @@ def main() -> None:
     tif, npy, lat, lon = released.write_scene(work, args.size)
     threads = ["--threads", str(args.threads)]
     ckpts = {"seg100m": work / "seg100m", "v2_300m_tl": work / ("v2_300m_tl.ckpt" if peer else "v2_300m_tl")}
-    if not ckpts["seg100m"].exists():
+    only = [m for m in args.only.split(",") if m]
+    if not only or set(only) - set(ckpts):
+        raise SystemExit(f"--only: choose among {', '.join(ckpts)}")
+    variants = ["fp32", *(v for v in VARIANTS if v != "fp32" and v in args.variants.split(","))]
+    if "seg100m" in only and not ckpts["seg100m"].exists():
         run_worker(sys.executable, "build100", ["--ckpt", str(ckpts["seg100m"])])
-    if not ckpts["v2_300m_tl"].exists():
+    if "v2_300m_tl" in only and not ckpts["v2_300m_tl"].exists():
         if peer:
             run_worker(args.peer_python, "build", ["--depth", "24", "--ckpt", str(ckpts["v2_300m_tl"])],
                        REPO / "bench" / "released.py")
         else:
             run_worker(sys.executable, "build300_geofm", ["--ckpt", str(ckpts["v2_300m_tl"])])
+    ckpts = {n: c for n, c in ckpts.items() if n in only}
     exports = {}
     onnx_files = {n: work / f"{n}.onnx" for n in ckpts}
     onnx_files["v2_300m_tl"] = work / "v2_300m_tl_location.onnx"  # the scene has no date: location only, as torch
@@ -241,7 +246,7 @@ def main() -> None:
                 args.peer_python, "terratorch",
                 ["--ckpt", str(ckpt), "--scene-npy", str(npy), "--out", str(work / "terratorch.npy"), "--lat",
                  str(lat), "--lon", str(lon), "--batch-size", str(BATCH), *threads], REPO / "bench" / "released.py")
-        for variant in VARIANTS:
+        for variant in variants:
             ck = onnx_files[name] if variant == "onnxruntime" else ckpt
             scene[(name, variant)] = run_worker(
                 sys.executable, "scene", [*threads, "--ckpt", str(ck), "--scene-tif", str(tif), "--variant", variant,
@@ -268,7 +273,7 @@ def main() -> None:
         base = scene[(name, "fp32")]
         tt = scene.get((name, "terratorch"))
         t32 = tp["seconds"][f"{name}:fp32"]
-        rows = ([("terratorch", None)] if tt else []) + [(v, tp["seconds"][f"{name}:{v}"]) for v in VARIANTS]
+        rows = ([("terratorch", None)] if tt else []) + [(v, tp["seconds"][f"{name}:{v}"]) for v in variants]
         for variant, secs in rows:
             r = scene[(name, variant)]
             out = work / ("terratorch.npy" if variant == "terratorch" else f"{name}_{variant}.tif")

@@ -58,7 +58,13 @@ def encoder_flops(batch: int) -> float:
 
 # --------------------------------------------------------------------------- one interpreter's models
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident memory: VmHWM, not ``ru_maxrss``, which a child started by
+    ``subprocess`` inherits from its parent's size at the fork (on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024.0
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _torchvision_ops_shim() -> None:

@@ -15,7 +15,7 @@ Both sides use tiles of 224 px, 32 px of overlap (TerraTorch: stride 192), batch
 normalization and TL location, ``--threads`` torch threads, one process each (run one after the
 other). TerraTorch is given the scene as one normalized tensor (what tiled_inference takes) read from
 a .npy copy and its class map is saved as .npy; geofm reads the GeoTIFF window by window and writes a
-COG. Peak RSS is the process's ru_maxrss; "after load" is RSS once the model is loaded (before the
+COG. Peak RSS is the process's VmHWM; "after load" is RSS once the model is loaded (before the
 scene), so the difference is what the scene costs. Class maps are compared pixel by pixel.
 """
 
@@ -24,20 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from model import peak_rss_mib  # noqa: E402  (bench/model.py)
 TILE, OVERLAP, CLASSES = 224, 32, 2
 MEAN = [1087.0, 1342.0, 1433.0, 2734.0, 1958.0, 1363.0]  # Prithvi-EO-2.0 pretraining statistics (x10000)
 STD = [2248.0, 2179.0, 2178.0, 1850.0, 1242.0, 1049.0]
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def current_rss_mib() -> float:
@@ -116,7 +113,7 @@ def worker_terratorch(args) -> dict:
     classes = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
     np.save(args.out, classes)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "model_seconds": model_s[0], "peak_rss_mib": rss_mib(), "after_load_mib": after_load}
+    return {"seconds": seconds, "model_seconds": model_s[0], "peak_rss_mib": peak_rss_mib(), "after_load_mib": after_load}
 
 
 def worker_geofm(args) -> dict:
@@ -136,7 +133,7 @@ def worker_geofm(args) -> dict:
     res = predict_checkpoint(args.ckpt, [args.scene_tif], args.out, tile=TILE, overlap=OVERLAP,
                              batch_size=args.batch_size, overviews=False, resume=False, precision="fp32")
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "model_seconds": res.model_seconds, "peak_rss_mib": rss_mib(),
+    return {"seconds": seconds, "model_seconds": res.model_seconds, "peak_rss_mib": peak_rss_mib(),
             "after_load_mib": after_load, "tiles": res.tiles}
 
 

@@ -43,3 +43,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def land_water_export(tmp_path_factory) -> Path:
+    """A geofm export of a tiny random 2-class (land, water) segmentation model, 64 px tiles."""
+    import torch
+
+    from geofm.bands import MODEL_BANDS, NORM_STATS
+    from geofm.models import build_segmentation_model, save_finetuned
+
+    torch.manual_seed(0)
+    model = build_segmentation_model("prithvi_tiny", num_classes=2)
+    mean, std = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
+    return save_finetuned(model, tmp_path_factory.mktemp("seg") / "export", task="segmentation", mean=mean, std=std,
+                          bands=MODEL_BANDS, class_names=["land", "water"], img_size=64)

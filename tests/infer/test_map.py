@@ -17,17 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
-import torch
 
 from geofm import cli
-from geofm.bands import MODEL_BANDS, NORM_STATS
 from geofm.data import synthetic
 from geofm.data.hls import group_granules
 from geofm.infer import region
-from geofm.models import build_segmentation_model, save_finetuned
 
 SIZE = 96
 PIXEL = 109_800 / SIZE
@@ -55,15 +51,6 @@ def granules(tmp_path_factory):
     return write_region(tmp_path_factory.mktemp("region"))
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_segmentation_model("prithvi_tiny", num_classes=2)
-    mean, std = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
-    return save_finetuned(model, tmp_path_factory.mktemp("seg") / "export", task="segmentation", mean=mean, std=std,
-                          bands=MODEL_BANDS, class_names=["land", "water"], img_size=64)
-
-
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "map-log.jsonl").read_text().splitlines()]
 
@@ -74,10 +61,10 @@ def runs(lines: list[dict]) -> list[list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def mapped(tmp_path_factory, granules, export):
+def mapped(tmp_path_factory, granules, land_water_export):
     """One ``geofm map`` through the CLI with a LocalCluster of 2 workers: (out dir, stdout)."""
     out = tmp_path_factory.mktemp("map") / "out"
-    argv = ["map", "--checkpoint", str(export), str(granules), "--out", str(out), "--workers", "2", *OPTS]
+    argv = ["map", "--checkpoint", str(land_water_export), str(granules), "--out", str(out), "--workers", "2", *OPTS]
     proc = subprocess.run([sys.executable, "-m", "geofm.cli", *argv], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, GEOFM_PROGRESS="plain"))
     assert proc.returncode == 0, proc.stderr
@@ -126,7 +113,7 @@ def test_plan_scores_from_the_fmask_overview_and_picks_the_zone_with_most_area(g
 
 
 # --------------------------------------------------------------------------- end to end
-def test_map_cli_tiles_equal_geofm_predict_and_log_every_tile(mapped, export, granules, tmp_path):
+def test_map_cli_tiles_equal_geofm_predict_and_log_every_tile(mapped, land_water_export, granules, tmp_path):
     out, stdout = mapped
     assert sorted(p.name for p in (out / "tiles").iterdir()) == sorted(EXPECTED.values())
     assert "skipped T10SGF: 2 date(s) in the window, the model takes 3" in stdout
@@ -147,7 +134,7 @@ def test_map_cli_tiles_equal_geofm_predict_and_log_every_tile(mapped, export, gr
         assert rec["seconds"] > 0 and rec["path"].endswith(file_name)
         inputs = [str(p) for gid in rec["inputs"] for p in granules.glob(f"{gid}.*.tif")]
         ref = tmp_path / f"{name}.tif"
-        assert cli.main(["predict", "--checkpoint", str(export), "--inputs", *inputs, "--out", str(ref),
+        assert cli.main(["predict", "--checkpoint", str(land_water_export), "--inputs", *inputs, "--out", str(ref),
                          "--tile", "64", "--overlap", "16", "--batch-size", "4"]) == 0
         assert (out / "tiles" / file_name).read_bytes() == ref.read_bytes(), name
         with rasterio.open(ref) as src:
@@ -194,9 +181,9 @@ def _run(argv: list[str], **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, GEOFM_PROGRESS="plain"), **kw)
 
 
-def test_kill_9_mid_run_then_rerun_recomputes_no_finished_tile(mapped, granules, export, tmp_path):
+def test_kill_9_mid_run_then_rerun_recomputes_no_finished_tile(mapped, granules, land_water_export, tmp_path):
     out = tmp_path / "out"
-    argv = ["map", "--checkpoint", str(export), str(granules), "--out", str(out), "--workers", "1",
+    argv = ["map", "--checkpoint", str(land_water_export), str(granules), "--out", str(out), "--workers", "1",
             "--batch-size", "1", *OPTS[:4], *OPTS[6:]]
     proc = _run(argv, start_new_session=True)
     log_file = out / "map-log.jsonl"
@@ -225,7 +212,8 @@ def test_kill_9_mid_run_then_rerun_recomputes_no_finished_tile(mapped, granules,
     assert (out / "mosaic.tif").read_bytes() == (ref / "mosaic.tif").read_bytes()
 
 
-def test_external_dask_cluster_gives_the_same_tiles_and_loads_the_model_once_per_worker(mapped, granules, export,
+def test_external_dask_cluster_gives_the_same_tiles_and_loads_the_model_once_per_worker(mapped, granules,
+                                                                                        land_water_export,
                                                                                         tmp_path):
     sched_file = tmp_path / "scheduler.json"
     bin_dir = Path(sys.executable).parent
@@ -247,8 +235,8 @@ def test_external_dask_cluster_gives_the_same_tiles_and_loads_the_model_once_per
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=60)
             out = tmp_path / "out"
-            assert cli.main(["map", "--checkpoint", str(export), str(granules), "--out", str(out), "--scheduler",
-                             address, *OPTS]) == 0
+            assert cli.main(["map", "--checkpoint", str(land_water_export), str(granules), "--out", str(out),
+                             "--scheduler", address, *OPTS]) == 0
             loads = client.run(lambda: __import__("geofm.infer.region", fromlist=["x"]).MODEL_LOADS["count"])
         assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
         lines = [r for r in read_log(out) if r["outcome"] == "done"]
@@ -268,14 +256,15 @@ def test_external_dask_cluster_gives_the_same_tiles_and_loads_the_model_once_per
                 p.kill()
 
 
-def test_a_truncated_band_file_fails_its_tile_only_and_the_rerun_finishes_it(granules, export, tmp_path, capsys):
+def test_a_truncated_band_file_fails_its_tile_only_and_the_rerun_finishes_it(granules, land_water_export, tmp_path,
+                                                                              capsys):
     src = tmp_path / "granules"
     shutil.copytree(granules, src)
     victim = next(src.glob("HLS.S30.T11SKB.2021163T184919.v2.0.B04.tif"))
     good = victim.read_bytes()
     victim.write_bytes(good[: len(good) // 2])
     out = tmp_path / "out"
-    argv = ["map", "--checkpoint", str(export), str(src), "--out", str(out), "--scheduler", "sync", *OPTS]
+    argv = ["map", "--checkpoint", str(land_water_export), str(src), "--out", str(out), "--scheduler", "sync", *OPTS]
     assert cli.main(argv) == 1
     printed = capsys.readouterr().out
     assert "FAILED T11SKB: cannot read band 1 of" in printed and "B04.tif" in printed

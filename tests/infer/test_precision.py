@@ -18,6 +18,7 @@ from geofm.infer.precision import (BF16_CPU_FLAGS, agreement, cpu_flags, cpu_has
                                    resolve_precision)
 from geofm.infer.predict import imputation_predictor, segmentation_predictor
 from geofm.models import build_segmentation_model, create_model, load_finetuned, save_finetuned
+from geofm.models.checkpoints import low_precision_modules
 from geofm.models.imputer import Imputer
 from geofm.models.vit import Block
 from geofm.resources import sample_dir
@@ -88,6 +89,68 @@ def test_bf16_agrees_with_fp32_on_the_released_golden_models(tmp_path, name, pre
     agree = agreement(ref, got)
     assert agree["classes_equal"] >= MIN_CLASSES_EQUAL and agree["max_prob_diff"] <= MAX_PROB_DIFF, agree
     assert agree["max_rel_logit_diff"] > 0  # the blocks ran in low precision
+
+
+@pytest.mark.parametrize("name", ["tl_upernet", "unet_t2"])
+def test_blocks_read_in_bf16_give_the_same_logits_as_converting_after_loading(tmp_path, name):
+    path = write_v2(tmp_path, name, "lightning")
+    _, _, t = golden(name)
+    args = (t["__input__"], t.get("__temporal_coords__"), t.get("__location_coords__"))
+    lean, _ = load_finetuned(path, block_dtype=torch.bfloat16)
+    low = {id(p) for m in low_precision_modules(lean) for p in m.parameters()}
+    assert low and all((p.dtype == torch.bfloat16) == (id(p) in low) for p in lean.parameters())
+    with torch.no_grad():
+        after = prepare_model(load_finetuned(path)[0], "bf16")(*args)
+        read = prepare_model(lean, "bf16")(*args)
+    assert torch.equal(read, after)
+
+
+def test_a_segmentation_export_read_in_bf16_predicts_as_converting_after_loading(tmp_path):
+    torch.manual_seed(0)
+    model = build_segmentation_model("prithvi_tiny", num_classes=3).eval()
+    save_finetuned(model, tmp_path / "export", task="segmentation", mean=MEAN, std=STD, bands=MODEL_BANDS,
+                   img_size=64)
+    x = torch.randn(2, 6, 3, 64, 64)
+    lean, _ = load_finetuned(tmp_path / "export", block_dtype=torch.bfloat16)
+    assert {p.dtype for m in lean.modules() if isinstance(m, Block) for p in m.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        assert torch.equal(prepare_model(lean, "bf16")(x),
+                           prepare_model(load_finetuned(tmp_path / "export")[0], "bf16")(x))
+        assert torch.equal(load_finetuned(tmp_path / "export")[0](x), model(x))
+
+
+_READ_CHILD = """
+import sys, torch
+from geofm.models.checkpoints import load_torch_file, own_tensors
+def peak(): return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024
+before = peak()
+raw = load_torch_file(sys.argv[1])
+sd = own_tensors(raw['state_dict'], dict.fromkeys(raw['state_dict'], torch.bfloat16), file=sys.argv[1])
+del raw
+peak = peak()
+print(max(peak - before, 0), sum(t.numel() for t in sd.values()), {str(t.dtype) for t in sd.values()})
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the memory map of /proc (Linux)")
+def test_reading_a_checkpoint_in_bf16_never_holds_its_fp32_weights(tmp_path):
+    """A 192 MiB fp32 Lightning-style checkpoint (plus optimizer state never read) read into bf16: the
+    peak (VmHWM: ru_maxrss would carry the parent's) grows by about the bf16 result (96 MiB), not by
+    the mapped file (192 MiB more)."""
+    import subprocess
+
+    g = torch.Generator().manual_seed(0)
+    sd = {f"blocks.{i}.mlp.fc1.weight": torch.randn(2048, 2048, generator=g) for i in range(12)}
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": sd, "optimizer_states": [{k: v.clone() for k, v in sd.items()}]}, ckpt)
+    out = subprocess.run([sys.executable, "-c", _READ_CHILD, str(ckpt)], capture_output=True, text=True, check=True)
+    grown, numel, dtypes = out.stdout.split(maxsplit=2)
+    assert int(numel) == 12 * 2048 * 2048 and dtypes.strip() == "{'torch.bfloat16'}"
+    assert int(grown) < 96 + 24, f"peak RSS grew by {grown} MiB reading 192 MiB of fp32 weights into bf16"
+    # the same read without the file: copying out of the mapping touches all of it
+    copy = _READ_CHILD.replace(", file=sys.argv[1])", ")")
+    out = subprocess.run([sys.executable, "-c", copy, str(ckpt)], capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[0]) > 192, out.stdout
 
 
 def test_bf16_imputation_error_changes_by_at_most_one_percent():

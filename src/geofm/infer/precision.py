@@ -88,50 +88,82 @@ def torch_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def weights_dtype(precision: str) -> torch.dtype | None:
+    """The dtype the transformer blocks' weights are read in for ``precision`` (None: as stored, fp32).
+
+    Passed to :func:`geofm.models.load_finetuned` (``block_dtype``), the weights are converted
+    while the checkpoint is read: the fp32 weights are never all in memory at once.
+    """
+    return None if precision == "fp32" else torch_dtype(precision)
+
+
+def _cast(a, dtype: torch.dtype, channels_last: bool):
+    if isinstance(a, (list, tuple)):
+        return type(a)(_cast(x, dtype, channels_last) for x in a)
+    if not (torch.is_tensor(a) and a.is_floating_point()):
+        return a
+    a = a.to(dtype)
+    return a.contiguous(memory_format=torch.channels_last) if channels_last and a.dim() == 4 else a
+
+
 def _cast_inputs(module, args: tuple, kwargs: dict):
-    dtype = module.inference_dtype
-    cast = tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-    return cast, kwargs
+    return _cast(args, module.inference_dtype, _is_conv_module(module)), kwargs
 
 
 def _cast_output(module, args: tuple, kwargs: dict, out):
-    return out.float() if torch.is_tensor(out) else out
+    return out.float().contiguous() if torch.is_tensor(out) else out
+
+
+def _is_conv_module(m: nn.Module) -> bool:
+    """A decoder that declares ``low_precision`` (convolutions: run channels-last)."""
+    return bool(getattr(type(m), "low_precision", False))
+
+
+def _set_dtype(module: nn.Module, dtype: torch.dtype) -> None:
+    """The floating tensors ``module`` holds itself (not its children's) in ``dtype``."""
+    for p in module.parameters(recurse=False):
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    for name, b in module.named_buffers(recurse=False):
+        if b.is_floating_point() and b.dtype != dtype:
+            module._buffers[name] = b.to(dtype)
 
 
 def prepare_model(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:
     """``model`` in eval mode on ``device``, its transformer blocks' weights converted to ``precision``.
 
     The transformer blocks (:class:`geofm.models.vit.Block`: attention and MLP, nearly all the
-    weights and FLOPs of a Prithvi model) hold their weights in bf16/fp16, converted once, in
-    place (the fp32 copies are released); each block casts its input to that dtype and its output
-    back, so the residual stream between blocks, the patch embedding, the necks, decoders and
-    heads stay fp32 (measured: this halves the largest probability error on the released golden
-    models against converting everything). Calling it again with another precision converts the
-    blocks again (from their current values). Returns the model.
+    weights and FLOPs of a Prithvi model) and the decoders that declare ``low_precision``
+    (UperNet) hold their weights in bf16/fp16, converted once, in place (the fp32 copies are
+    released); each casts its input to that dtype and its output back, so the residual stream
+    between blocks, the patch embedding, the necks, the other decoders and the heads stay fp32.
+    Tensors already in their dtype (converted while loading) are left as they are. Calling it
+    again with another precision converts them again (from their current values). Returns the
+    model.
     """
-    from geofm.models.vit import Block
+    from geofm.models.checkpoints import low_precision_modules
 
     dtype = torch_dtype(precision)
     model = model.to(device).eval()
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
-    in_blocks = {id(t) for b in blocks for t in (*b.parameters(), *b.buffers())}
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    if any(t.dtype != (dtype if id(t) in in_blocks else torch.float32) for t in tensors):
-        model.to(torch.float32)
-        for b in blocks:
-            b.to(dtype)
+    low = low_precision_modules(model)
+    in_low = {id(m) for b in low for m in b.modules()}
+    for m in model.modules():  # only what is not yet in its dtype is converted (loading may have done it)
+        _set_dtype(m, dtype if id(m) in in_low else torch.float32)
+    for b in low:
+        if _is_conv_module(b):
+            b.to(memory_format=torch.channels_last if precision != "fp32" else torch.contiguous_format)
     if precision == "fp32":
-        for b in blocks:
+        for b in low:
             b.__dict__.pop("inference_dtype", None)
             for handle in b.__dict__.pop("_precision_hooks", ()):
                 handle.remove()
         return model
+    for b in low:
+        b.inference_dtype = dtype
+        if not b.__dict__.get("_precision_hooks"):
+            b._precision_hooks = (b.register_forward_pre_hook(_cast_inputs, with_kwargs=True),
+                                  b.register_forward_hook(_cast_output, with_kwargs=True))
     for m in model.modules():
-        if isinstance(m, Block):
-            m.inference_dtype = dtype
-            if not m.__dict__.get("_precision_hooks"):
-                m._precision_hooks = (m.register_forward_pre_hook(_cast_inputs, with_kwargs=True),
-                                      m.register_forward_hook(_cast_output, with_kwargs=True))
         m.__dict__.pop("_cast_cache", None)  # autocast copies of the fp32 weights
     return model
 
@@ -145,4 +177,4 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
 
 
 __all__ = ["PRECISIONS", "agreement", "cpu_flags", "cpu_has_native_bf16", "default_precision", "prepare_model",
-           "resolve_precision", "torch_dtype"]
+           "resolve_precision", "torch_dtype", "weights_dtype"]

@@ -188,7 +188,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
     """
     from geofm.correction import CORRECTION_MODES
     from geofm.data.ingest import date_from_name
-    from geofm.infer.precision import prepare_model, resolve_precision
+    from geofm.infer.precision import prepare_model, resolve_precision, weights_dtype
     from geofm.models.finetuned import load_finetuned
 
     if correction not in CORRECTION_MODES:
@@ -204,7 +204,7 @@ def predict_checkpoint(checkpoint: str | os.PathLike, inputs: Sequence[str] | Se
         precision = "fp32"
     else:
         precision = resolve_precision(precision, device)
-        model, info = load_finetuned(checkpoint) if loaded is None else loaded
+        model, info = load_finetuned(checkpoint, block_dtype=weights_dtype(precision)) if loaded is None else loaded
     per_frame = info.stacked_bands if stacked_bands is None else None
     if stacked_bands is None:
         stacked_bands = per_frame[0] if per_frame else (1, 2, 3, 4, 5, 6)

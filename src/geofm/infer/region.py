@@ -254,15 +254,16 @@ def _checkpoint_key(checkpoint: str) -> tuple:
     return str(p), stats
 
 
-def cached_model(checkpoint: str, device: str = "cpu"):
-    """(model, info, loaded_now): the fine-tuned model, loaded once per process and device."""
+def cached_model(checkpoint: str, device: str = "cpu", precision: str = "fp32"):
+    """(model, info, loaded_now): the fine-tuned model, loaded once per process, device and precision."""
+    from geofm.infer.precision import weights_dtype
     from geofm.models.finetuned import load_finetuned
 
-    key = (_checkpoint_key(checkpoint), device)
+    key = (_checkpoint_key(checkpoint), device, precision)
     if key in _MODELS:
         return (*_MODELS[key], False)
     _MODELS.clear()  # one model per process: a new checkpoint replaces the old one
-    model, info = load_finetuned(checkpoint)
+    model, info = load_finetuned(checkpoint, block_dtype=weights_dtype(precision))
     _MODELS[key] = (model, info)
     MODEL_LOADS["count"] += 1
     log.info("loaded %s on %s (process %d)", checkpoint, device, os.getpid())
@@ -312,7 +313,7 @@ def run_tile(job: dict) -> dict:
     try:
         with gdal.applied() if gdal is not None else contextlib.nullcontext():
             device = worker_device(job["device"])
-            model, info, out["model_loaded"] = cached_model(job["checkpoint"], device)
+            model, info, out["model_loaded"] = cached_model(job["checkpoint"], device, job["precision"])
             frames = [frame_from_json(f) for f in job["frames"]]
             predict_checkpoint(job["checkpoint"], frames, job["path"], tile=job["tile_px"], overlap=job["overlap"],
                                batch_size=job["batch_size"], probabilities=job["probabilities"], device=device,
@@ -489,7 +490,7 @@ def map_region(checkpoint: str | os.PathLike, inputs: Sequence[str], out_dir: st
     precision = resolve_precision(precision, device)
     check_out_dir(out_dir)
     check_scheduler(scheduler)
-    model, info, _ = cached_model(checkpoint, device)
+    model, info, _ = cached_model(checkpoint, device, precision)
     if info.task not in ("segmentation", "imputation"):
         raise ConfigError(f"--checkpoint '{checkpoint}' is a {info.task!r} model; geofm map needs a segmentation "
                           "or imputation model")

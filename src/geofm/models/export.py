@@ -20,15 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from geofm.bands import HLS_NODATA, norm_stats
 from geofm.errors import CheckpointError
-from geofm.models.checkpoints import check_keys, config_from_json, load_safetensors, write_model_folder
+from geofm.models.checkpoints import (config_from_json, empty_model, load_safetensors, load_strict,
+                                      write_model_folder)
 from geofm.models.imputer import Imputer
 from geofm.models.mae import PrithviMAE
 from geofm.models.segmentation import SegmentationModel
-from geofm.models.vit import PrithviViT
+from geofm.models.vit import Block, PrithviViT
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +115,14 @@ def save_finetuned(model: SegmentationModel | PrithviMAE, out_dir: str | os.Path
     return out
 
 
-def _load_checked(model: nn.Module, weights: Path, cfg_file: Path) -> None:
-    """Load ``weights`` into ``model``; a CheckpointError lists missing/unexpected/misshapen tensors."""
-    sd = load_safetensors(weights)
-    if hasattr(model, "checkpoint_filter"):
-        sd = model.checkpoint_filter(sd)
-    check_keys(model.state_dict(), sd, f"'{weights}' does not fit the model described by '{cfg_file}'")
-    model.load_state_dict(sd)
+def _segmentation_model(model_cfg, num_classes: int, kwargs: dict) -> SegmentationModel:
+    encoder = PrithviViT(**model_cfg.encoder_kwargs())
+    encoder.config = model_cfg
+    return SegmentationModel(encoder, num_classes, **kwargs)
 
 
-def load_export(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
+def load_export(path: str | os.PathLike, *,
+                block_dtype: torch.dtype | None = None) -> tuple[nn.Module, FinetunedInfo]:
     """Load an export of :func:`save_finetuned` (or a plain MAE export) in eval mode.
 
     ``path`` is the export folder or its ``model.safetensors``. Returns the model
@@ -153,20 +153,24 @@ def load_export(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
     if mean is None or std is None:
         mean, std = map(list, norm_stats(model_cfg.norm_stats or "v1"))
     head = raw.get("head") or {}
-    if task == "imputation" and raw.get("imputer"):
-        model: nn.Module = Imputer(PrithviMAE(model_cfg), **raw["imputer"])
-        _load_checked(model, weights, cfg_file)
-    elif task == "imputation":  # a plain MAE export: the paper's pure reconstruction
-        model = Imputer(create_model(None, folder), residual="none")
+    if task == "imputation" and not raw.get("imputer"):  # a plain MAE export: the paper's pure reconstruction
+        model: nn.Module = Imputer(create_model(None, folder), residual="none")
+        for m in model.modules():
+            if isinstance(m, Block) and block_dtype is not None:
+                m.to(block_dtype)
     else:
-        if not head.get("num_classes"):
-            raise CheckpointError(f"'{cfg_file}': a segmentation export needs head.num_classes")
-        encoder = PrithviViT(**model_cfg.encoder_kwargs())
-        encoder.config = model_cfg
-        kwargs = {k: head[k] for k in ("neck", "num_frames", "neck_channels", "layers", "head_channels",
-                                       "head_convs", "dropout") if k in head}
-        model = SegmentationModel(encoder, int(head["num_classes"]), **kwargs)
-        _load_checked(model, weights, cfg_file)
+        if task == "imputation":
+            model = empty_model(lambda: Imputer(PrithviMAE(model_cfg), **raw["imputer"]))
+        else:
+            if not head.get("num_classes"):
+                raise CheckpointError(f"'{cfg_file}': a segmentation export needs head.num_classes")
+            kwargs = {k: head[k] for k in ("neck", "num_frames", "neck_channels", "layers", "head_channels",
+                                           "head_convs", "dropout") if k in head}
+            model = empty_model(_segmentation_model, model_cfg, int(head["num_classes"]), kwargs)
+        sd = load_safetensors(weights)
+        if hasattr(model, "checkpoint_filter"):
+            sd = model.checkpoint_filter(sd)
+        load_strict(model, sd, "geofm", str(weights), block_dtype=block_dtype)
     model.eval()
     info = FinetunedInfo(
         task=task, num_classes=int(head["num_classes"]) if task == "segmentation" else None,

@@ -10,13 +10,15 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from geofm.models.export import FinetunedInfo, load_export
 from geofm.models.released import find_layout, load_released
 
 
-def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
+def load_finetuned(path: str | os.PathLike, *,
+                   block_dtype: torch.dtype | None = None) -> tuple[nn.Module, FinetunedInfo]:
     """Load a fine-tuned model in eval mode with its :class:`~geofm.models.export.FinetunedInfo`.
 
     ``path`` is an export of :func:`~geofm.models.export.save_finetuned` (or a plain MAE export) or
@@ -24,6 +26,8 @@ def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
     (hls-foundation-os ``.pth`` + ``.py``, TerraTorch Lightning checkpoint or Hugging Face folder, or
     their ``geofm convert`` export; :func:`~geofm.models.released.load_released`). A
     :class:`~geofm.errors.CheckpointError` names the layouts tried when none fits.
+    ``block_dtype`` (bf16/fp16 inference): the transformer blocks' weights are converted while
+    they are read, so the fp32 weights are never all in memory at once.
     """
     layout, files = find_layout(path)
     if layout == "geofm":
@@ -32,8 +36,8 @@ def load_finetuned(path: str | os.PathLike) -> tuple[nn.Module, FinetunedInfo]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             released = False  # load_export names the fault
         if not released:
-            return load_export(files["config"].parent)
-    return load_released(path)
+            return load_export(files["config"].parent, block_dtype=block_dtype)
+    return load_released(path, block_dtype=block_dtype)
 
 
 __all__ = ["load_finetuned"]

@@ -202,8 +202,9 @@ class Imputer(nn.Module):
         if self.residual != "linear" or "residual_gate.weight" in state_dict or "residual_gain" not in state_dict:
             return state_dict
         out = dict(state_dict)
-        out["residual_gate.weight"] = torch.zeros_like(self.residual_gate.weight)
-        out["residual_gate.bias"] = torch.full_like(self.residual_gate.bias, 100.0 / self.GATE_SCALE)  # sigmoid(100)=1
+        gate = self.residual_gate  # (shapes only: the model may be on the meta device while it loads)
+        out["residual_gate.weight"] = torch.zeros(gate.weight.shape)
+        out["residual_gate.bias"] = torch.full(gate.bias.shape, 100.0 / self.GATE_SCALE)  # sigmoid(100) = 1
         return out
 
     @property

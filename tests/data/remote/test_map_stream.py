@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 from fake_nasa import OTHER_TILE_ID, TOKEN
 
-from geofm.bands import MODEL_BANDS, NORM_STATS
 from geofm.cli import main
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    from geofm.models import build_segmentation_model, save_finetuned
-
-    torch.manual_seed(0)
-    model = build_segmentation_model("prithvi_tiny", num_classes=2)
-    mean, std = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
-    return save_finetuned(model, tmp_path_factory.mktemp("seg") / "export", task="segmentation", mean=mean, std=std,
-                          bands=MODEL_BANDS, class_names=["land", "water"], img_size=64)
-
-
-def test_map_streams_a_search_manifest_and_equals_the_map_of_the_fetched_files(nasa, export, tmp_path,
+def test_map_streams_a_search_manifest_and_equals_the_map_of_the_fetched_files(nasa, land_water_export, tmp_path,
                                                                                no_earthdata_env, capsys):
     manifest, manifest_10seg = tmp_path / "manifest.json", tmp_path / "manifest_10seg.json"
     search = ["search", "--collections", "HLSS30,HLSL30", "--start", "2021-05-01", "--end", "2021-09-30",
@@ -33,7 +19,7 @@ def test_map_streams_a_search_manifest_and_equals_the_map_of_the_fetched_files(n
     ids = [f["id"] for f in json.loads(manifest.read_text())["features"]]
     assert OTHER_TILE_ID in ids and len(ids) == 5  # 3 S30 + 1 L30 of 10SEG, 1 S30 of 11SKA
     no_earthdata_env.setenv("EARTHDATA_TOKEN", TOKEN)
-    common = ["--checkpoint", str(export), "--scheduler", "sync", "--tile", "64", "--overlap", "16",
+    common = ["--checkpoint", str(land_water_export), "--scheduler", "sync", "--tile", "64", "--overlap", "16",
               "--batch-size", "4", "--no-mosaic"]
     n0 = len(nasa.log)
     assert main(["map", str(manifest), "--out", str(tmp_path / "streamed"), *common]) == 0

@@ -33,7 +33,7 @@ from torch import nn
 
 from geofm.bands import HLS_NODATA, MODEL_BANDS, norm_stats
 from geofm.errors import CheckpointError
-from geofm.models.checkpoints import check_keys, group_keys, load_safetensors, load_torch_file, write_model_folder
+from geofm.models.checkpoints import empty_model, load_safetensors, load_strict, load_torch_file, write_model_folder
 from geofm.models.export import FinetunedInfo
 from geofm.models.released.config_files import UNKNOWN, read_python_config, read_yaml_config
 from geofm.models.released.hls_foundation import HLSFoundationConfig, HLSFoundationSegmenter
@@ -103,30 +103,6 @@ def _describes_itself(weights: Path) -> bool:
         return False
     hp = raw.get("hyper_parameters") if isinstance(raw, dict) else None
     return isinstance(hp, dict) and isinstance(hp.get("model_args"), dict)
-
-
-# --------------------------------------------------------------------------- key checks
-def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], layout: str, source: str) -> None:
-    """Load ``sd`` into ``model``; any missing/unexpected key or shape mismatch raises, grouped by module.
-
-    The tensors of ``sd`` become the model's (``assign``): build ``model`` on the meta device
-    (:func:`_empty`) so that the weights exist once in memory, not twice.
-    """
-    check_keys(model.state_dict(), sd,
-               f"'{source}' (read as layout '{layout}') does not fit the model its config describes")
-    model.load_state_dict(sd, assign=True)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise CheckpointError(f"'{source}': no values for {group_keys(left, 10)}")
-    for m in model.modules():  # pos-embedding caches built on the meta device
-        if isinstance(getattr(m, "_pos_cache", None), dict):
-            m._pos_cache.clear()
-
-
-def _empty(cls: type[nn.Module], cfg: Any) -> nn.Module:
-    """``cls(cfg)`` with parameters on the meta device (no memory, no initialisation): weights come from the file."""
-    with torch.device("meta"):
-        return cls(cfg)
 
 
 def _state_dict_of(raw: Any, source: str) -> dict[str, torch.Tensor]:
@@ -223,16 +199,16 @@ def _v1_preprocessing(env: dict[str, Any], cfg: HLSFoundationConfig, source: str
             "ignore_index": env.get("ignore_index") if isinstance(env.get("ignore_index"), int) else None}
 
 
-def _load_v1(files: dict[str, Path]) -> tuple[nn.Module, FinetunedInfo]:
+def _load_v1(files: dict[str, Path], block_dtype: torch.dtype | None = None) -> tuple[nn.Module, FinetunedInfo]:
     env = read_python_config(files["config"])
     cfg, test_cfg = _v1_config(env, str(files["config"]))
     pre = _v1_preprocessing(env, cfg, str(files["config"]))
-    model = _empty(HLSFoundationSegmenter, cfg)
+    model = empty_model(HLSFoundationSegmenter, cfg)
     sd = _state_dict_of(load_torch_file(files["weights"]), str(files["weights"]))
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if model.auxiliary_head is not None and not any(k.startswith("auxiliary_head.") for k in sd):
         model.auxiliary_head = None  # a file saved without it: nothing is lost, it is never run
-    load_strict(model, sd, "hls_foundation", str(files["weights"]))
+    load_strict(model, sd, "hls_foundation", str(files["weights"]), block_dtype=block_dtype, file=files["weights"])
     crop = test_cfg.get("crop_size")
     tile = int(crop[0]) if isinstance(crop, (list, tuple)) else cfg.img_size
     info = _info(model, "hls_foundation", files, pre, num_frames=cfg.num_frames, in_chans=cfg.in_chans,
@@ -272,7 +248,8 @@ def _v2_preprocessing(data: dict[str, Any], cfg: TerraTorchConfig, bands: list |
             "stacked_bands": [stacked], "bands": out}  # the same bands in every frame's file
 
 
-def _load_v2(files: dict[str, Path], preloaded: Any = None) -> tuple[nn.Module, FinetunedInfo]:
+def _load_v2(files: dict[str, Path], preloaded: Any = None,
+             block_dtype: torch.dtype | None = None) -> tuple[nn.Module, FinetunedInfo]:
     raw = load_torch_file(files["weights"]) if preloaded is None else preloaded
     source = str(files.get("config") or files["weights"])
     yaml_cfg = read_yaml_config(files["config"]) if "config" in files else {}
@@ -289,14 +266,14 @@ def _load_v2(files: dict[str, Path], preloaded: Any = None) -> tuple[nn.Module, 
                               "model.init_args.model_args in config.yaml or hyper_parameters.model_args in the "
                               "Lightning checkpoint)")
     cfg = TerraTorchConfig.from_model_args(model_args, source)
-    model = _empty(TerraTorchSegmenter, cfg)
+    model = empty_model(TerraTorchSegmenter, cfg)
     sd = _state_dict_of(raw, str(files["weights"]))
     if any(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
     sd, ignored = adapt_keys(sd, model)
     if ignored:
         log.info("%s: %d auxiliary-head keys not loaded (training only)", files["weights"], len(ignored))
-    load_strict(model, sd, "terratorch", str(files["weights"]))
+    load_strict(model, sd, "terratorch", str(files["weights"]), block_dtype=block_dtype, file=files["weights"])
     bands = model_args.get("backbone_bands")
     try:
         pre = _v2_preprocessing(data or {}, cfg, bands, source)
@@ -330,20 +307,21 @@ def _info(model: nn.Module, layout: str, files: dict[str, Path], pre: dict[str, 
                "files": [str(f) for f in files.values()]})
 
 
-def _load_export(files: dict[str, Path], raw: dict[str, Any]) -> tuple[nn.Module, FinetunedInfo]:
+def _load_export(files: dict[str, Path], raw: dict[str, Any],
+                 block_dtype: torch.dtype | None = None) -> tuple[nn.Module, FinetunedInfo]:
     rel = raw["released"]
     family = rel.get("layout")
     if family == "hls_foundation":
-        model: nn.Module = _empty(HLSFoundationSegmenter, HLSFoundationConfig(**rel["config"]))
+        model: nn.Module = empty_model(HLSFoundationSegmenter, HLSFoundationConfig(**rel["config"]))
     elif family == "terratorch":
-        model = _empty(TerraTorchSegmenter, TerraTorchConfig.from_dict(rel["config"]))
+        model = empty_model(TerraTorchSegmenter, TerraTorchConfig.from_dict(rel["config"]))
     else:
         raise CheckpointError(f"'{files['config']}': released.layout must be one of hls_foundation, terratorch; "
                               f"got {family!r}")
     sd = load_safetensors(files["weights"])
     if family == "hls_foundation" and not any(k.startswith("auxiliary_head.") for k in sd):
         model.auxiliary_head = None
-    load_strict(model, sd, "geofm_released", str(files["weights"]))
+    load_strict(model, sd, "geofm_released", str(files["weights"]), block_dtype=block_dtype)
     d = raw.get("data") or {}
     info = FinetunedInfo(
         task="segmentation", num_classes=int(model.num_classes), class_names=d.get("class_names"),
@@ -355,11 +333,14 @@ def _load_export(files: dict[str, Path], raw: dict[str, Any]) -> tuple[nn.Module
     return model, info
 
 
-def load_released(path: str | os.PathLike, *, preloaded: Any = None) -> tuple[nn.Module, FinetunedInfo]:
+def load_released(path: str | os.PathLike, *, preloaded: Any = None,
+                  block_dtype: torch.dtype | None = None) -> tuple[nn.Module, FinetunedInfo]:
     """Load a released fine-tune (any layout of the module docstring) in eval mode, with its preprocessing.
 
     ``preloaded``: the TerraTorch weights file as :func:`~geofm.models.checkpoints.load_torch_file`
-    returned it, when the caller has read it already (it is not read again).
+    returned it, when the caller has read it already (it is not read again). ``block_dtype``: the
+    transformer blocks' weights are converted to it while they are read (bf16/fp16 inference;
+    :func:`geofm.infer.precision.prepare_model` then finds them converted).
     """
     layout, files = find_layout(path)
     if layout == "geofm":
@@ -367,11 +348,11 @@ def load_released(path: str | os.PathLike, *, preloaded: Any = None) -> tuple[nn
         if "released" not in raw:
             raise CheckpointError(f"'{files['config']}' is a geofm export, not a released model: "
                                   "use geofm.models.load_finetuned")
-        model, info = _load_export(files, raw)
+        model, info = _load_export(files, raw, block_dtype)
     elif layout == "hls_foundation":
-        model, info = _load_v1(files)
+        model, info = _load_v1(files, block_dtype)
     else:
-        model, info = _load_v2(files, preloaded)
+        model, info = _load_v2(files, preloaded, block_dtype)
     model.eval()
     log.info("loaded %s (%s layout): %d classes, %d frame(s) x %d bands", path, info.layout, info.num_classes,
              info.num_frames, info.in_chans)
