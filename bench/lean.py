@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import subprocess
 import sys
 import time
@@ -265,8 +264,8 @@ def main() -> None:
         print(f"export-onnx {name}: {info['seconds']:.0f} s, {info['mib']:.0f} MiB, "
               f"max relative error vs torch {info['max_rel_error']:.1e}")
     print(f"\nscene {args.size} x {args.size} x 6 bands, tile {TILE}, overlap {OVERLAP}, batch {BATCH}")
-    print(f"| model | variant | chips/s | vs fp32 | scene s | vs fp32 | vs TerraTorch | peak RSS MiB | "
-          f"vs fp32 | vs TerraTorch | classes = fp32 |")
+    print("| model | variant | chips/s | vs fp32 | scene s | vs fp32 | vs TerraTorch | peak RSS MiB | "
+          "vs fp32 | vs TerraTorch | classes = fp32 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, ckpt in ckpts.items():
         ref_map = class_map(work / f"{name}_fp32.tif")

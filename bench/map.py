@@ -155,7 +155,7 @@ def main() -> None:
     rows = [("geofm map, 1 worker", one), ("geofm map, 2 workers", two)]
     print(f"region: {len(TILES)} tiles x 3 dates, {args.size} px over 109.8 km ({109_800 / args.size:.0f} m), "
           f"tiny model, tile 64 / overlap 16 / batch 8; mosaic step {'on' if mosaic else 'not installed (tiles only)'}")
-    print(f"| run | wall s | km²/s | Mpx/s | mosaic share | peak RSS per worker |")
+    print("| run | wall s | km²/s | Mpx/s | mosaic share | peak RSS per worker |")
     print("|---|---|---|---|---|---|")
     for name, r in rows:
         share = f"{100 * r['mosaic_seconds'] / r['seconds']:.1f} %" if mosaic else "n/a"

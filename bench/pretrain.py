@@ -149,8 +149,8 @@ def main() -> None:
     mem, z0, zw, ddp = (best[c[0]] for c in cases)
     print()
     print(f"best of {args.repeats} rounds:")
-    print(f"| case | samples/s | ratio |")
-    print(f"|---|---:|---|")
+    print("| case | samples/s | ratio |")
+    print("|---|---:|---|")
     print(f"| memory (tensors) | {mem['samples_per_s']:.1f} | 1.00 (baseline) |")
     for r in (z0, zw):
         print(f"| {r['name']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / mem['samples_per_s']:.2f} of memory |")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from geofm import cli
-from geofm.data import ingest, store, synthetic
+from geofm.data import store, synthetic
 from geofm.data.loader import ChipDataset
 from geofm.data.sampling import allocate, strata_keys, stratified_sample
 from geofm.errors import ConfigError

@@ -184,7 +184,7 @@ def test_streamed_ingest_on_an_external_cluster_gets_the_credentials(nasa, tmp_p
         # nothing left behind on the worker: no credentials in its environment, no cookie folder
         left = client.run(lambda: {k: v for k, v in os.environ.items() if k.startswith("GDAL_HTTP")})
         assert all(v == {} for v in left.values())
-    (m1, c1), (m2, c2) = _chips(tmp_path / "t.zarr"), _chips(tmp_path / "c.zarr")
+    (m1, c1), (_m2, c2) = _chips(tmp_path / "t.zarr"), _chips(tmp_path / "c.zarr")
     assert len(m1["slot"]) == 4
     np.testing.assert_array_equal(c1, c2)
 
