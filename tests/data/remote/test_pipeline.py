@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +91,14 @@ def test_fetch_cli_exit_code_and_failed_list(nasa, tmp_path, no_earthdata_env, c
     assert "EARTHDATA_TOKEN" in err and TOKEN not in err and "Traceback" not in err
 
 
+def _size(path: Path) -> int:
+    """Size of a file the running fetch may rename away at any moment (0 once gone)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_kill_9_then_rerun_gives_complete_identical_files(nasa, tmp_path, no_earthdata_env):
     manifest = tmp_path / "m.json"
     doc = _search(nasa, manifest)
@@ -100,7 +109,7 @@ def test_kill_9_then_rerun_gives_complete_identical_files(nasa, tmp_path, no_ear
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err.txt", "w"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # kill once a few files are done and others are half-written
-        parts = [p for p in out.rglob("*.part") if p.stat().st_size > 0]
+        parts = [p for p in out.rglob("*.part") if _size(p) > 0]  # a part may be renamed meanwhile
         if len(list(out.rglob("*.tif"))) >= 3 and parts:
             break
         time.sleep(0.02)
