@@ -105,6 +105,20 @@ def test_blocks_read_in_bf16_give_the_same_logits_as_converting_after_loading(tm
     assert torch.equal(read, after)
 
 
+def test_the_decoder_in_chunks_gives_the_logits_of_the_whole_batch(tmp_path):
+    model, _ = load_finetuned(write_v2(tmp_path, "tl_upernet", "lightning"))
+    _, _, t = golden("tl_upernet")
+    x = t["__input__"][:1].expand(5, *t["__input__"].shape[1:]) + 0.1 * torch.randn(5, *t["__input__"].shape[1:])
+    coords = [c[:1].expand(5, *c.shape[1:]) if c is not None else None
+              for c in (t.get("__temporal_coords__"), t.get("__location_coords__"))]
+    with torch.no_grad():
+        whole = model(x, *coords)
+        model = prepare_model(model, "fp32")
+        assert model.decoder_chunk == 2
+        chunked = model(x, *coords)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_a_segmentation_export_read_in_bf16_predicts_as_converting_after_loading(tmp_path):
     torch.manual_seed(0)
     model = build_segmentation_model("prithvi_tiny", num_classes=3).eval()

@@ -32,6 +32,8 @@ from geofm.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: samples per decoder call in inference, for the models that can split it (``decoder_chunk``)
+DECODER_CHUNK = 2
 #: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: x86 AVX-512 BF16 / AMX, Arm BF16
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
@@ -137,7 +139,8 @@ def prepare_model(model: nn.Module, precision: str, device: str | torch.device =
     (UperNet) hold their weights in bf16/fp16, converted once, in place (the fp32 copies are
     released); each casts its input to that dtype and its output back, so the residual stream
     between blocks, the patch embedding, the necks, the other decoders and the heads stay fp32.
-    Tensors already in their dtype (converted while loading) are left as they are. Calling it
+    Tensors already in their dtype (converted while loading) are left as they are. A model with a
+    ``decoder_chunk`` runs its decoder :data:`DECODER_CHUNK` samples at a time. Calling it
     again with another precision converts them again (from their current values). Returns the
     model.
     """
@@ -145,6 +148,8 @@ def prepare_model(model: nn.Module, precision: str, device: str | torch.device =
 
     dtype = torch_dtype(precision)
     model = model.to(device).eval()
+    if hasattr(model, "decoder_chunk"):  # bounds the decoder's activations (released v2 models)
+        model.decoder_chunk = DECODER_CHUNK
     low = low_precision_modules(model)
     in_low = {id(m) for b in low for m in b.modules()}
     for m in model.modules():  # only what is not yet in its dtype is converted (loading may have done it)

@@ -391,7 +391,14 @@ class TerraTorchSegmenter(nn.Module):
 
     As TerraTorch's ``PixelWiseModel``: the input is reflect-padded on both sides to a multiple of
     twice the patch size, the logits are resized to the padded size if needed and centre-cropped.
+
+    ``decoder_chunk``: when set (inference: :func:`geofm.infer.precision.prepare_model` sets it)
+    and gradients are off, the decoder and head run that many samples at a time. Their maps at a
+    quarter of the input resolution (UperNet fuses 4 x 256 channels there) are the largest
+    activations of a forward; per sample the result is the same.
     """
+
+    decoder_chunk: int | None = None
 
     def __init__(self, cfg: TerraTorchConfig):
         super().__init__()
@@ -427,7 +434,11 @@ class TerraTorchSegmenter(nn.Module):
         feats: Any = self.encoder.features(x, temporal_coords, location_coords, keep=keep)
         for m in self.neck:
             feats = m(feats, image_size=tuple(size), patch_size=self.config.patch_size)
-        y = self.head(self.decoder(feats))
+        c = self.decoder_chunk
+        if c and not torch.is_grad_enabled() and x.shape[0] > c:
+            y = torch.cat([self.head(self.decoder([f[i:i + c] for f in feats])) for i in range(0, x.shape[0], c)])
+        else:
+            y = self.head(self.decoder(feats))
         if self.config.rescale and y.shape[-2:] != size:
             y = F.interpolate(y, size=size, mode="bilinear")
         top, left = max((y.shape[-2] - H) // 2, 0), max((y.shape[-1] - W) // 2, 0)
