@@ -24,7 +24,7 @@ from geofm.models.vit import Block
 from geofm.resources import sample_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from test_released import golden, write_v2  # noqa: E402  (the golden TerraTorch models and their writer)
+from test_released import golden, write_v1, write_v2  # noqa: E402  (the golden TerraTorch models, the writers)
 
 MEAN, STD = NORM_STATS["v1"]["mean"], NORM_STATS["v1"]["std"]
 #: the agreement the issue asks of bf16 against fp32
@@ -103,6 +103,20 @@ def test_blocks_read_in_bf16_give_the_same_logits_as_converting_after_loading(tm
         after = prepare_model(load_finetuned(path)[0], "bf16")(*args)
         read = prepare_model(lean, "bf16")(*args)
     assert torch.equal(read, after)
+
+
+def test_an_hls_foundation_v1_checkpoint_read_in_bf16_predicts_as_converting_after_loading(tmp_path):
+    write_v1(tmp_path / "flood")
+    lean, _ = load_finetuned(tmp_path / "flood", block_dtype=torch.bfloat16)
+    assert {p.dtype for m in lean.modules() if isinstance(m, Block) for p in m.parameters()} == {torch.bfloat16}
+    x = torch.randn(2, 6, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = load_finetuned(tmp_path / "flood")[0](x)
+        after = prepare_model(load_finetuned(tmp_path / "flood")[0], "bf16")(x)
+        read = prepare_model(lean, "bf16")(x)
+    assert torch.equal(read, after)
+    agree = agreement(ref, read)
+    assert agree["classes_equal"] >= MIN_CLASSES_EQUAL and agree["max_prob_diff"] <= MAX_PROB_DIFF, agree
 
 
 def test_the_decoder_in_chunks_gives_the_logits_of_the_whole_batch(tmp_path):
