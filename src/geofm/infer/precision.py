@@ -109,16 +109,11 @@ def _cast(a, dtype: torch.dtype, channels_last: bool):
 
 
 def _cast_inputs(module, args: tuple, kwargs: dict):
-    return _cast(args, module.inference_dtype, _is_conv_module(module)), kwargs
+    return _cast(args, module.inference_dtype, module.channels_last_inputs), kwargs
 
 
 def _cast_output(module, args: tuple, kwargs: dict, out):
     return out.float().contiguous() if torch.is_tensor(out) else out
-
-
-def _is_conv_module(m: nn.Module) -> bool:
-    """A decoder that declares ``low_precision`` (convolutions: run channels-last)."""
-    return bool(getattr(type(m), "low_precision", False))
 
 
 def _set_dtype(module: nn.Module, dtype: torch.dtype) -> None:
@@ -144,7 +139,7 @@ def prepare_model(model: nn.Module, precision: str, device: str | torch.device =
     again with another precision converts them again (from their current values). Returns the
     model.
     """
-    from geofm.models.checkpoints import low_precision_modules
+    from geofm.models.checkpoints import declares_low_precision, low_precision_modules
 
     dtype = torch_dtype(precision)
     model = model.to(device).eval()
@@ -155,16 +150,17 @@ def prepare_model(model: nn.Module, precision: str, device: str | torch.device =
     for m in model.modules():  # only what is not yet in its dtype is converted (loading may have done it)
         _set_dtype(m, dtype if id(m) in in_low else torch.float32)
     for b in low:
-        if _is_conv_module(b):
+        if declares_low_precision(b):
             b.to(memory_format=torch.channels_last if precision != "fp32" else torch.contiguous_format)
     if precision == "fp32":
         for b in low:
             b.__dict__.pop("inference_dtype", None)
+            b.__dict__.pop("channels_last_inputs", None)
             for handle in b.__dict__.pop("_precision_hooks", ()):
                 handle.remove()
         return model
     for b in low:
-        b.inference_dtype = dtype
+        b.inference_dtype, b.channels_last_inputs = dtype, declares_low_precision(b)
         if not b.__dict__.get("_precision_hooks"):
             b._precision_hooks = (b.register_forward_pre_hook(_cast_inputs, with_kwargs=True),
                                   b.register_forward_hook(_cast_output, with_kwargs=True))

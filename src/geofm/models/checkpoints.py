@@ -248,6 +248,11 @@ def own_tensors(sd: dict[str, torch.Tensor], dtype_of: dict[str, torch.dtype] | 
     return out
 
 
+def declares_low_precision(m: torch.nn.Module) -> bool:
+    """Whether ``m``'s class declares ``low_precision = True`` (a convolutional decoder safe in bf16)."""
+    return bool(getattr(type(m), "low_precision", False))
+
+
 def low_precision_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules whose weights take the low precision in bf16/fp16 inference, outermost only: the
     transformer blocks (:class:`~geofm.models.vit.Block`) and the decoders whose class declares
@@ -255,7 +260,7 @@ def low_precision_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     found: list[torch.nn.Module] = []
     inside: set[int] = set()
     for m in model.modules():
-        if id(m) not in inside and (isinstance(m, Block) or getattr(type(m), "low_precision", False)):
+        if id(m) not in inside and (isinstance(m, Block) or declares_low_precision(m)):
             found.append(m)
             inside.update(id(x) for x in m.modules())
     return found

@@ -26,11 +26,11 @@ from torch import nn
 from geofm.bands import HLS_NODATA, norm_stats
 from geofm.errors import CheckpointError
 from geofm.models.checkpoints import (config_from_json, empty_model, load_safetensors, load_strict,
-                                      write_model_folder)
+                                      low_precision_modules, write_model_folder)
 from geofm.models.imputer import Imputer
 from geofm.models.mae import PrithviMAE
 from geofm.models.segmentation import SegmentationModel
-from geofm.models.vit import Block, PrithviViT
+from geofm.models.vit import PrithviViT
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,8 @@ def load_export(path: str | os.PathLike, *,
     head = raw.get("head") or {}
     if task == "imputation" and not raw.get("imputer"):  # a plain MAE export: the paper's pure reconstruction
         model: nn.Module = Imputer(create_model(None, folder), residual="none")
-        for m in model.modules():
-            if isinstance(m, Block) and block_dtype is not None:
-                m.to(block_dtype)
+        for m in low_precision_modules(model) if block_dtype is not None else ():
+            m.to(block_dtype)
     else:
         if task == "imputation":
             model = empty_model(lambda: Imputer(PrithviMAE(model_cfg), **raw["imputer"]))
